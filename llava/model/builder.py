@@ -1,0 +1,317 @@
+"""Files on disk -> ``(tokenizer, model, image_processor, context_len)``.
+
+What a folder holds is read from its files (``adapter_config.json``: LoRA; ``mm_projector.bin``: projector
+only; ``mm_vision_tower`` in config.json: LLaVA) and upstream's model-name rules still apply, so scripts
+written for upstream pick the same path:
+
+* "llava" + "lora" in the name (or adapter files) with ``model_base``: base weights, ``non_lora_trainables``,
+  then the PEFT adapter, merged.
+* "llava" with ``model_base`` and no LoRA: base weights + ``mm_projector.bin``.
+* "llava" alone: a full checkpoint.
+* no "llava": a plain language model (optionally LoRA on ``model_base``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from .checkpoint_io import load_projector_weights, load_non_lora_trainables
+from .configuration_llava import LlavaConfig, LlavaMistralConfig
+from .language_model.llava_llama import LlavaLlamaForCausalLM
+from .language_model.llava_mistral import LlavaMistralForCausalLM
+from .token_reduction import resolve_token_reduction
+
+logger = logging.getLogger(__name__)
+
+#: config.json model_type -> (config class, model class). Released LLaVA-1.5 checkpoints say "llava".
+LLAVA_MODEL_TYPES = {
+    "llava": (LlavaConfig, LlavaLlamaForCausalLM),
+    "llava_llama": (LlavaConfig, LlavaLlamaForCausalLM),
+    "llama": (LlavaConfig, LlavaLlamaForCausalLM),
+    "llava_mistral": (LlavaMistralConfig, LlavaMistralForCausalLM),
+    "mistral": (LlavaMistralConfig, LlavaMistralForCausalLM),
+}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where and in which dtype the model goes."""
+
+    device: str
+    dtype: torch.dtype
+    device_map: dict | str
+
+
+def plan_device(device: str, device_map, torch_dtype=None) -> DevicePlan:
+    """Resolve ``device`` ("cuda" | "cpu" | "mps", or "cuda:N") and the dtype that suits it.
+
+    fp16 on CUDA/MPS, fp32 on CPU (CPU kernels for fp16 matmuls are missing or slow), unless ``torch_dtype``
+    says otherwise. Asking for CUDA on a machine without it falls back to CPU with a warning.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: loading on the CPU in float32 instead")
+        device = "cpu"
+    if device == "mps" and not torch.backends.mps.is_available():
+        logger.warning("MPS is not available: loading on the CPU in float32 instead")
+        device = "cpu"
+    if torch_dtype in (None, "auto"):
+        dtype = torch.float32 if device == "cpu" else torch.float16
+    else:
+        dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+        if device == "cpu" and dtype == torch.float16:
+            logger.warning("float16 is not supported for CPU inference: using float32")
+            dtype = torch.float32
+    if device.startswith("cuda") and device_map == "auto" and device != "cuda":
+        device_map = {"": device}
+    if not device.startswith("cuda"):
+        device_map = {"": device}
+    return DevicePlan(device, dtype, device_map)
+
+
+def choose_attn_implementation(use_flash_attn: bool, attn_implementation: str | None, device: str) -> str:
+    """"flash_attention_2" when asked for and usable, else "sdpa" (with a message saying why)."""
+    wanted = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
+    if wanted != "flash_attention_2":
+        return wanted
+    if not device.startswith("cuda"):
+        logger.warning("flash-attn needs a CUDA device (running on %s): using sdpa attention", device)
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        logger.warning("flash-attn is not installed (pip install 'llava[flash]' on a CUDA machine): using sdpa")
+        return "sdpa"
+    return wanted
+
+
+def read_config_json(path: str | os.PathLike) -> dict:
+    """Read ``path/config.json`` with errors that name the file."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: {path} is not a model checkpoint folder")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+
+
+def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = True):
+    """Build the LLaVA config class matching ``path/config.json`` (model_type "llava" -> ``LlavaConfig``).
+
+    Raises:
+        ValueError: unknown model_type, no ``mm_vision_tower``, or a local vision tower path that does not exist.
+    """
+    data = read_config_json(path)
+    model_type = data.get("model_type", "llava")
+    if "mistral" in " ".join(data.get("architectures") or []).lower():
+        model_type = "llava_mistral"
+    if model_type not in LLAVA_MODEL_TYPES:
+        raise ValueError(
+            f"{Path(path) / 'config.json'}: model_type {model_type!r} is not a LLaVA language model "
+            f"(expected one of {', '.join(sorted(LLAVA_MODEL_TYPES))})"
+        )
+    config_class, _ = LLAVA_MODEL_TYPES[model_type]
+    data["model_type"] = config_class.model_type
+    if "mm_vision_tower" not in data and data.get("vision_tower"):
+        data["mm_vision_tower"] = data["vision_tower"]
+    if require_vision_tower:
+        check_vision_tower(data.get("mm_vision_tower"), Path(path) / "config.json")
+    config = config_class.from_dict(data)
+    config._name_or_path = str(path)
+    return config
+
+
+def check_vision_tower(tower: str | None, where: Path) -> None:
+    """Fail early, naming the key and path, when the vision tower cannot be found."""
+    if not tower:
+        raise ValueError(f"{where}: key mm_vision_tower is missing, so this is not a LLaVA checkpoint")
+    looks_local = os.path.isabs(tower) or tower.startswith((".", "~")) or tower.count("/") != 1
+    if looks_local and not os.path.exists(os.path.expanduser(tower)):
+        raise FileNotFoundError(f"{where}: mm_vision_tower={tower!r} does not exist")
+
+
+def _model_kwargs(plan: DevicePlan, attn: str, load_8bit: bool, load_4bit: bool) -> dict:
+    kwargs: dict = {"device_map": plan.device_map, "dtype": plan.dtype, "attn_implementation": attn}
+    if load_8bit or load_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("load_8bit/load_4bit need bitsandbytes: pip install 'llava[train]'")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=load_8bit,
+            load_in_4bit=load_4bit,
+            bnb_4bit_compute_dtype=plan.dtype,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=["mm_projector", "lm_head"],
+        )
+    return kwargs
+
+
+def _from_pretrained(model_class, path, **kwargs):
+    """``from_pretrained`` with load errors turned into messages naming the checkpoint."""
+    try:
+        return model_class.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise OSError(f"could not load model weights from {path}: {err}") from err
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None,
+    model_name: str,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map="auto",
+    device: str = "cuda",
+    use_flash_attn: bool = False,
+    **kwargs,
+):
+    """Load a LLaVA (or plain LM) checkpoint the way upstream LLaVA does.
+
+    Args:
+        model_path: checkpoint folder (or hub name; this project cannot download, use a local copy).
+        model_base: base LM for LoRA or projector-only checkpoints, else None.
+        model_name: usually ``get_model_name_from_path(model_path)``; upstream's path choice reads it.
+        load_8bit / load_4bit: quantise the LM with bitsandbytes.
+        device_map / device: as upstream; CUDA falls back to CPU (fp32) when missing.
+        use_flash_attn: flash-attention 2 when installed on CUDA, else sdpa with a message.
+        **kwargs: ``multimodal`` (force the LLaVA path), ``attn_implementation``, ``torch_dtype``,
+            ``customized_config`` (a config object to use), ``overwrite_config`` (dict of config updates),
+            ``token_reduction`` / ``token_budget`` (override the checkpoint's visual-token reduction).
+    Returns:
+        ``(tokenizer, model, image_processor, context_len)``; ``image_processor`` is None for a plain LM.
+    """
+    multimodal = bool(kwargs.pop("multimodal", False))
+    customized_config = kwargs.pop("customized_config", None)
+    overwrite_config = kwargs.pop("overwrite_config", None) or {}
+    token_reduction = kwargs.pop("token_reduction", None)
+    token_budget = kwargs.pop("token_budget", None)
+    plan = plan_device(device, device_map, kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None))
+    attn = choose_attn_implementation(use_flash_attn, kwargs.pop("attn_implementation", None), plan.device)
+    if kwargs:
+        logger.warning("load_pretrained_model: ignoring unknown arguments %s", sorted(kwargs))
+    model_kwargs = _model_kwargs(plan, attn, load_8bit, load_4bit)
+    _check_local_path(model_path, "model_path")
+    if model_base is not None:
+        _check_local_path(model_base, "model_base")
+
+    name = (model_name or "").lower()
+    is_lora = "lora" in name or os.path.isfile(os.path.join(model_path, "adapter_config.json"))
+    is_llava = multimodal or "llava" in name
+    if not is_llava and os.path.isfile(os.path.join(model_path, "config.json")):
+        is_llava = "mm_vision_tower" in read_config_json(model_path)
+
+    if is_llava:
+        tokenizer, model = _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config,
+                                       model_kwargs)
+    else:
+        tokenizer, model = _load_language_model(model_path, model_base, model_kwargs)
+
+    image_processor = None
+    if is_llava:
+        image_processor = _prepare_vision(model, tokenizer, plan)
+        reduction = resolve_token_reduction(
+            flag_mode=token_reduction,
+            flag_budget=token_budget,
+            config_mode=model.config.mm_token_reduction,
+            config_budget=model.config.mm_token_budget,
+            checkpoint_name=f"{model_path} {model_name}",
+        )
+        model.config.mm_token_reduction = reduction.mode
+        model.config.mm_token_budget = reduction.budget
+        model.get_vision_tower().set_token_reduction(reduction)
+        logger.info("%s: %s", model_name or model_path, reduction.describe())
+
+    context_len = getattr(model.config, "max_sequence_length", None) or 2048
+    model.eval()
+    return tokenizer, model, image_processor, context_len
+
+
+def _check_local_path(path: str, what: str) -> None:
+    if os.path.exists(path):
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    # "org/name": a hub id. from_pretrained will try the hub (and say so if offline).
+
+
+def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config, model_kwargs):
+    if is_lora and model_base is None:
+        raise ValueError(
+            f"{model_path} is a LoRA checkpoint (adapter weights only): pass the base LM with --model-base "
+            "(e.g. lmsys/vicuna-7b-v1.5)"
+        )
+    config = customized_config if customized_config is not None else load_llava_config(model_path)
+    for key, value in overwrite_config.items():
+        setattr(config, key, value)
+    if overwrite_config.get("mm_vision_tower"):
+        check_vision_tower(config.mm_vision_tower, Path(model_path) / "config.json")
+    model_class = LLAVA_MODEL_TYPES[config.model_type][1]
+
+    if model_base is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = _from_pretrained(model_class, model_path, config=config, **model_kwargs)
+        return tokenizer, model
+
+    tokenizer = AutoTokenizer.from_pretrained(model_base)
+    logger.info("loading the base LM from %s", model_base)
+    model = _from_pretrained(model_class, model_base, config=config, **model_kwargs)
+    if is_lora:
+        _apply_lora(model, model_path)
+        model = _merge_lora(model, model_path)
+    else:
+        load_projector_weights(model, model_path)
+    return tokenizer, model
+
+
+def _apply_lora(model, model_path: str) -> None:
+    """Load ``non_lora_trainables`` (projector, and whatever else the run trained) into ``model``."""
+    token_rows = model.lm_head.weight.shape[0]
+    if token_rows != model.config.vocab_size:  # the LoRA run added tokens
+        model.resize_token_embeddings(model.config.vocab_size)
+    load_non_lora_trainables(model, model_path)
+
+
+def _merge_lora(model, model_path: str):
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise ImportError("LoRA checkpoints need peft: pip install 'llava[train]'") from err
+    logger.info("loading the LoRA adapter from %s and merging it", model_path)
+    model = PeftModel.from_pretrained(model, model_path)
+    return model.merge_and_unload()
+
+
+def _load_language_model(model_path, model_base, model_kwargs):
+    """A plain causal LM (no vision), optionally a LoRA on ``model_base``."""
+    if model_base is None:
+        return AutoTokenizer.from_pretrained(model_path), _from_pretrained(AutoModelForCausalLM, model_path,
+                                                                           **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(model_base)
+    model = _from_pretrained(AutoModelForCausalLM, model_base, **model_kwargs)
+    return tokenizer, _merge_lora(model, model_path)
+
+
+def _prepare_vision(model, tokenizer, plan: DevicePlan):
+    """Add LLaVA's optional image tokens, load the CLIP tower next to the LM; return its image processor."""
+    config = model.config
+    added = 0
+    if config.mm_use_im_patch_token:
+        added += tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if config.mm_use_im_start_end:
+        added += tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    if added and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+    tower = model.get_vision_tower()
+    if tower is None:
+        raise ValueError(f"{config._name_or_path}: the config names no vision tower (mm_vision_tower)")
+    tower.load_model(device_map=plan.device_map if plan.device.startswith("cuda") else None)
+    tower.to(device=plan.device, dtype=plan.dtype)
+    return tower.image_processor

@@ -1,0 +1,94 @@
+"""``forward`` and ``generate`` shared by every LLaVA causal LM (Llama, Mistral): images in, text out."""
+
+from __future__ import annotations
+
+import torch
+
+from ..llava_arch import LlavaMetaForCausalLM
+
+
+class LlavaCausalLMMixin(LlavaMetaForCausalLM):
+    """Put first in the bases, before the transformers causal-LM class it extends."""
+
+    #: visual tokens per image of the last encoded batch (after any reduction); read by eval and serving.
+    last_visual_token_counts: list[int]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        images: torch.FloatTensor | list | None = None,
+        image_sizes: list | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """Causal-LM forward; when ``images`` are given, they are encoded and spliced at the -200 tokens first.
+
+        Args:
+            input_ids: ``[B, T]`` (may contain IMAGE_TOKEN_INDEX), or None with ``inputs_embeds [B, T, D]``.
+            images: see ``prepare_inputs_labels_for_multimodal``.
+            **kwargs: passed on (``cache_position``, ``logits_to_keep``, ... from newer transformers).
+        """
+        if inputs_embeds is None and images is not None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                )
+            )
+        for name, value in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states),
+                            ("return_dict", return_dict)):
+            if value is not None:
+                kwargs[name] = value
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: torch.Tensor | list | None = None,
+        image_sizes: list | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Generate from a prompt with images; returns only the new tokens ``[B, new]``.
+
+        Args:
+            inputs: ``[B, T]`` prompt ids from ``tokenizer_image_token`` (left-padded for batches, with
+                ``attention_mask=`` in kwargs).
+            images: ``[B_img, 3, H, W]`` or an anyres list; one per -200 in the prompts.
+            **kwargs: any ``transformers`` generation argument (``do_sample``, ``max_new_tokens``, ...).
+        """
+        position_ids = kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("pass the prompt as `inputs` token ids, not `inputs_embeds`")
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:
+            raise ValueError("generate() needs the prompt token ids as `inputs`")
+        if images is not None:
+            (_, position_ids, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
+                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes
+            )
+        else:
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        if inputs_embeds is None:  # a one-token prompt: nothing to splice
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)

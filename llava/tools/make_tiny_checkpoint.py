@@ -1,0 +1,218 @@
+"""Make a tiny random LLaVA-1.5 checkpoint in the released layout, offline, in seconds.
+
+    python -m llava.tools.make_tiny_checkpoint OUT_DIR
+
+writes::
+
+    OUT_DIR/clip-vit-tiny-patch14-336/   full CLIPModel (vision_model.* + text_model.*), 336 px, patch 14 -> 576
+                                         patches, tiny width/depth, preprocessor_config.json (CLIP's 336 crop)
+    OUT_DIR/llava-v1.5-tiny/             config.json (model_type "llava", mm_* keys, mm_vision_tower -> the CLIP
+                                         folder), fp16 model.safetensors, generation_config.json, a sentencepiece
+                                         Llama tokenizer trained on the spot
+
+The geometry is CLIP ViT-L/14-336's (so PruMerge sees the real 24x24 grid); only widths and depths are small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+from ..model.configuration_llava import LlavaConfig
+from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
+from ..model.token_reduction import validate_mode
+from .tiny_tokenizer import build_sentencepiece_llama_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CLIP_DIRNAME = "clip-vit-tiny-patch14-336"
+LLAVA_DIRNAME = "llava-v1.5-tiny"
+# OpenAI CLIP normalisation, as in openai/clip-vit-large-patch14-336's preprocessor_config.json
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Widths and depths of the tiny models (the image geometry is fixed at 336 px / patch 14)."""
+
+    vision_width: int = 48
+    vision_layers: int = 3  # select layer -2 runs 2 layers; PruMerge reads q/k of the third
+    vision_heads: int = 4
+    text_width: int = 32  # CLIP's text tower (kept so the folder is a full CLIP checkpoint)
+    lm_width: int = 64
+    lm_layers: int = 2
+    lm_heads: int = 4
+    lm_kv_heads: int = 2
+    vocab_size: int = 1000
+
+
+def make_clip(out_dir: Path, sizes: TinySizes, seed: int) -> Path:
+    """Write a random full CLIP checkpoint with ViT-L/14-336 geometry to ``out_dir``; return it."""
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": sizes.text_width,
+            "intermediate_size": 2 * sizes.text_width,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 512,
+            "max_position_embeddings": 77,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": sizes.vision_width,
+            "intermediate_size": 4 * sizes.vision_width,
+            "num_hidden_layers": sizes.vision_layers,
+            "num_attention_heads": sizes.vision_heads,
+            "image_size": 336,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        },
+        projection_dim=32,
+    )
+    CLIPModel(config).save_pretrained(out_dir)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
+    ).save_pretrained(out_dir)
+    _edit_json(out_dir / "preprocessor_config.json", image_processor_type="CLIPImageProcessor")
+    return out_dir
+
+
+def make_llava(
+    out_dir: Path,
+    clip_dir: Path,
+    sizes: TinySizes,
+    seed: int,
+    projector_type: str = "mlp2x_gelu",
+    token_reduction: str | None = None,
+    token_budget: int | None = None,
+) -> Path:
+    """Write a random LLaVA-1.5-layout checkpoint whose ``mm_vision_tower`` is ``clip_dir``; return it."""
+    build_sentencepiece_llama_tokenizer(out_dir, vocab_size=sizes.vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    torch.manual_seed(seed + 1)
+    config = LlavaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=sizes.lm_width,
+        intermediate_size=2 * sizes.lm_width,
+        num_hidden_layers=sizes.lm_layers,
+        num_attention_heads=sizes.lm_heads,
+        num_key_value_heads=sizes.lm_kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        mm_vision_tower=str(clip_dir.resolve()),
+        mm_hidden_size=sizes.vision_width,
+        mm_projector_type=projector_type,
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        image_aspect_ratio="pad",
+        mm_patch_merge_type="flat",
+        tokenizer_model_max_length=2048,
+        tokenizer_padding_side="right",
+        use_mm_proj=True,
+        mm_token_reduction=token_reduction,
+        mm_token_budget=token_budget,
+    )
+    model = LlavaLlamaForCausalLM(config)
+    with torch.no_grad():  # a larger init than 0.02 so that the random LM's greedy tokens are not all ties
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2)
+    model.to(torch.float16).save_pretrained(out_dir)
+    # As the released LLaVA-1.5 files have it: model_type "llava", torch_dtype float16.
+    _edit_json(out_dir / "config.json", model_type="llava", architectures=["LlavaLlamaForCausalLM"],
+               torch_dtype="float16")
+    return out_dir
+
+
+def _edit_json(path: Path, **updates) -> None:
+    data = json.loads(path.read_text())
+    data.update(updates)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def make_tiny_checkpoint(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sizes: TinySizes = TinySizes(),
+    projector_type: str = "mlp2x_gelu",
+    token_reduction: str | None = None,
+    token_budget: int | None = None,
+    name: str = LLAVA_DIRNAME,
+) -> Path:
+    """Build the CLIP folder and the LLaVA folder under ``out_dir``; return the LLaVA folder.
+
+    Each folder is written to a temporary sibling and renamed into place, so an interrupted run never leaves
+    a half-written checkpoint. Existing folders are replaced.
+    """
+    root = Path(out_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    clip_dir = _build_atomically(root / CLIP_DIRNAME, lambda tmp: make_clip(tmp, sizes, seed))
+    return _build_atomically(
+        root / name,
+        lambda tmp: make_llava(tmp, clip_dir, sizes, seed, projector_type, token_reduction, token_budget),
+    )
+
+
+def _build_atomically(final: Path, build) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="folder to write the CLIP and LLaVA checkpoints into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--projector-type", default="mlp2x_gelu")
+    parser.add_argument("--token-reduction", type=validate_mode, default=None,
+                        help="write mm_token_reduction into config.json (default: leave it unset)")
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--name", default=LLAVA_DIRNAME, help="name of the LLaVA folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = make_tiny_checkpoint(
+        args.out_dir,
+        seed=args.seed,
+        projector_type=args.projector_type,
+        token_reduction=args.token_reduction,
+        token_budget=args.token_budget,
+        name=args.name,
+    )
+    logger.info("tiny LLaVA checkpoint written to %s", path)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
