@@ -111,17 +111,28 @@ def resolve_token_reduction(
     return TokenReduction(DEFAULT_TOKEN_REDUCTION, budget, "default")
 
 
+def _arg_type(validate, flag: str):
+    def parse(value: str):
+        try:
+            return validate(value, flag)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = flag
+    return parse
+
+
 def add_token_reduction_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--token-reduction`` and ``--token-budget`` to an entry point's parser (defaults: not given)."""
     parser.add_argument(
         "--token-reduction",
-        type=lambda s: validate_mode(s, "--token-reduction"),
+        type=_arg_type(validate_mode, "--token-reduction"),
         default=None,
         help="visual token reduction: none | prumerge | prumerge+ (default: the checkpoint's config, else its name)",
     )
     parser.add_argument(
         "--token-budget",
-        type=lambda s: validate_budget(s, "--token-budget"),
+        type=_arg_type(validate_budget, "--token-budget"),
         default=None,
         help="fixed number of visual tokens per image instead of the adaptive count",
     )

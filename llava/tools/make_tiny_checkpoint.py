@@ -83,7 +83,9 @@ def make_clip(out_dir: Path, sizes: TinySizes, seed: int) -> Path:
         },
         projection_dim=32,
     )
-    CLIPModel(config).save_pretrained(out_dir)
+    model = CLIPModel(config)
+    calibrate_cls_attention(model)
+    model.save_pretrained(out_dir)
     CLIPImageProcessorPil(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},
@@ -93,6 +95,30 @@ def make_clip(out_dir: Path, sizes: TinySizes, seed: int) -> Path:
     ).save_pretrained(out_dir)
     _edit_json(out_dir / "preprocessor_config.json", image_processor_type="CLIPImageProcessor")
     return out_dir
+
+
+@torch.no_grad()
+def calibrate_cls_attention(model: CLIPModel, target_logit_std: float = 1.5) -> float:
+    """Scale the last layer's ``q_proj`` so the CLS attention logits have ``target_logit_std``; return the scale.
+
+    A randomly initialised CLIP attends almost uniformly, so PruMerge's IQR rule finds next to no outliers,
+    while trained CLIP ViT-L/14-336 is peaked (PruMerge keeps ~32 of 576 patches, PruMerge+ ~144). The logits
+    are linear in q, so one scale, measured on seeded random pixels, sets their spread; 1.5 makes the bundled
+    demo image keep 36 (PruMerge) and 144 (PruMerge+) tokens. Layer -1's q only feeds the CLS attention.
+    """
+    vision = model.vision_model
+    generator = torch.Generator().manual_seed(1234)
+    pixels = torch.randn(4, 3, 336, 336, generator=generator)
+    hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # [B, 1+N, C]
+    layer = vision.encoder.layers[-1]
+    normed = layer.layer_norm1(hidden)
+    q_cls = layer.self_attn.q_proj(normed[:, 0])  # [B, C]
+    keys = layer.self_attn.k_proj(normed[:, 1:])  # [B, N, C]
+    logits = torch.einsum("bc,bnc->bn", q_cls, keys) * hidden.shape[-1] ** -0.5
+    scale = target_logit_std / logits.std(dim=1).mean().item()
+    layer.self_attn.q_proj.weight.mul_(scale)
+    layer.self_attn.q_proj.bias.mul_(scale)
+    return scale
 
 
 def make_llava(
