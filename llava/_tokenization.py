@@ -1,0 +1,243 @@
+"""Text-to-ids exactly as LLaVA-1.5 saw it in training (transformers 4.31-4.37's slow ``LlamaTokenizer``).
+
+Why this module exists: released LLaVA-1.5 / Vicuna-v1.5 checkpoints ship a sentencepiece ``tokenizer.model`` with
+``"tokenizer_class": "LlamaTokenizer"`` and ``"legacy": false``, and upstream always loads it with
+``use_fast=False``. transformers 5.x has no sentencepiece-backed Llama class any more: ``AutoTokenizer`` converts
+the model into ``LlamaTokenizer(TokenizersBackend)`` (a ``tokenizers`` BPE with a ``Metaspace`` pre-tokenizer,
+``prepend_scheme="first"``). That class folds a leading space into the dummy prefix, so a chunk such as
+``" What"`` (text after ``<image>`` or ``<image-placeholder>``) becomes ``<s> ▁What`` where the slow tokenizer gave
+``<s> ▁ ▁What``. :func:`encode_text` restores the slow ids.
+
+The slow (legacy=False) algorithm, as in transformers 4.37 ``LlamaTokenizer.tokenize`` / ``_tokenize``:
+
+1. Replace ``"▁"`` in the text with a space and prepend one ``"▁"`` (when ``add_prefix_space``, the default).
+2. Split on added tokens (``<s>``, ``</s>``, ``<unk>``, tokens added later); those map to their ids.
+3. Each remaining piece is encoded by the sentencepiece model with ``add_dummy_prefix`` switched off. A piece that
+   starts with ``"▁"`` or a space is encoded as ``unk_token + piece`` and the pieces of ``unk_token`` are dropped,
+   which keeps sentencepiece from touching the leading whitespace.
+4. A lone leading ``"▁"`` directly followed by a special token is dropped.
+
+With ``legacy=True`` (configs written before the flag existed) step 1 is skipped and step 3 is a plain encode with
+the model's own dummy prefix.
+
+Tokenizers without a sentencepiece model (``tokenizers`` BPE, ``tokenizer.json`` only) and tokenizers that are
+already sentencepiece-backed (they have ``sp_model``) are used as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import warnings
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SPIECE_UNDERLINE = "\u2581"
+_LLAMA_CLASS_NAMES = frozenset({"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast"})
+
+
+@functools.lru_cache(maxsize=16)
+def _load_processor(path: str, mtime_ns: int, size: int, add_dummy_prefix: bool | None) -> Any:
+    """A ``SentencePieceProcessor`` for ``path``; ``add_dummy_prefix`` forced unless None; cached per file version."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    if add_dummy_prefix is not None:
+        proto.normalizer_spec.add_dummy_prefix = add_dummy_prefix
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto.SerializeToString())
+    return processor
+
+
+@functools.lru_cache(maxsize=16)
+def _config_legacy(config_path: str, mtime_ns: int) -> bool | None:
+    """``legacy`` as the 4.x slow tokenizer read it from ``tokenizer_config.json``.
+
+    Absent means True (4.x's default) in a config written by transformers 4; ``None`` (ask the tokenizer) for an
+    unreadable config or one written by transformers 5 (it has a ``"backend"`` key and never stores ``legacy``).
+    """
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    legacy = config.get("legacy")
+    if legacy is None:
+        return None if "backend" in config else True
+    return bool(legacy)
+
+
+def _processor_for(path: str, add_dummy_prefix: bool | None) -> Any:
+    stat = os.stat(path)
+    return _load_processor(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, add_dummy_prefix)
+
+
+def _is_llama_like(tokenizer: Any) -> bool:
+    names = {cls.__name__ for cls in type(tokenizer).__mro__}
+    return bool(names & _LLAMA_CLASS_NAMES)
+
+
+def sentencepiece_model_file(tokenizer: Any) -> str | None:
+    """The ``tokenizer.model`` whose slow behaviour must be reproduced for ``tokenizer``, or ``None``.
+
+    ``None`` unless ``tokenizer`` is a Llama tokenizer that is not sentencepiece-backed itself, a sentencepiece
+    model file is found (its ``vocab_file``, or ``tokenizer.model`` beside ``name_or_path``) and the model agrees
+    with the tokenizer's vocabulary on the special tokens and a sample of pieces.
+    """
+    if hasattr(tokenizer, "sp_model") or not _is_llama_like(tokenizer):
+        return None
+    candidates = [getattr(tokenizer, "vocab_file", None)]
+    name_or_path = getattr(tokenizer, "name_or_path", None)
+    if name_or_path:
+        candidates.append(os.path.join(str(name_or_path), "tokenizer.model"))
+    path = next((str(c) for c in candidates if c and os.path.isfile(str(c))), None)
+    if path is None:
+        return None
+    processor = _processor_for(path, add_dummy_prefix=False)
+    size = processor.get_piece_size()
+    sample = sorted({0, 1, 2, size // 7, size // 3, size // 2, size - 1} & set(range(size)))
+    if list(tokenizer.convert_ids_to_tokens(sample)) != [processor.id_to_piece(i) for i in sample]:
+        warnings.warn(
+            f"{path} does not match the tokenizer's vocabulary; using the tokenizer's own (transformers 5) ids",
+            stacklevel=3,
+        )
+        return None
+    return path
+
+
+def _legacy_flag(tokenizer: Any, model_file: str) -> bool:
+    config_path = os.path.join(os.path.dirname(model_file), "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        legacy = _config_legacy(config_path, os.stat(config_path).st_mtime_ns)
+        if legacy is not None:
+            return legacy
+    return bool(getattr(tokenizer, "legacy", False))
+
+
+def _added_tokens(tokenizer: Any) -> dict[str, int]:
+    """Every token the slow tokenizer would never split: added vocabulary plus special tokens."""
+    added = dict(tokenizer.get_added_vocab())
+    for token in tokenizer.all_special_tokens:
+        if token not in added:
+            added[token] = tokenizer.convert_tokens_to_ids(token)
+    return added
+
+
+def _split_on_added(text: str, tokenizer: Any, added: dict[str, int]) -> list[str]:
+    """Leftmost-longest split on added tokens, honouring their ``lstrip``/``rstrip`` flags; empty parts dropped."""
+    if not added:
+        return [text] if text else []
+    pattern = "(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")"
+    parts = re.split(pattern, text)
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            continue  # odd indices are the captured added tokens
+        token = decoder.get(added[part])
+        if token is not None and getattr(token, "rstrip", False) and i + 1 < len(parts):
+            parts[i + 1] = parts[i + 1].lstrip()
+        if token is not None and getattr(token, "lstrip", False):
+            parts[i - 1] = parts[i - 1].rstrip()
+    return [p for p in parts if p]
+
+
+def _slow_llama_ids(tokenizer: Any, text: str, model_file: str) -> list[int]:
+    """Ids of ``text`` (no BOS/EOS) as transformers 4.37's slow ``LlamaTokenizer`` computes them."""
+    if not text:
+        return []
+    legacy = _legacy_flag(tokenizer, model_file)
+    # legacy: the model as shipped; otherwise without the dummy prefix (the slow tokenizer adds "▁" itself).
+    processor = _processor_for(model_file, add_dummy_prefix=None if legacy else False)
+    if not legacy:
+        text = text.replace(SPIECE_UNDERLINE, " ")
+        if getattr(tokenizer, "add_prefix_space", True) is not False:
+            text = SPIECE_UNDERLINE + text
+    added = _added_tokens(tokenizer)
+    # Slow tokenizers counted tokens added with special=True (e.g. <im_start>) among all_special_tokens.
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(tokenizer.all_special_tokens) | {str(t) for t in decoder.values() if getattr(t, "special", False)}
+    unk_len = len(processor.encode(str(tokenizer.unk_token)))
+
+    pieces: list[tuple[int, bool]] = []  # (id, came from a special token)
+    for part in _split_on_added(text, tokenizer, added):
+        if part in added:
+            pieces.append((added[part], part in special))
+            continue
+        if legacy or not part.startswith((SPIECE_UNDERLINE, " ")):
+            part_ids = processor.encode(part)
+        else:
+            part_ids = processor.encode(str(tokenizer.unk_token) + part)
+            part_ids = part_ids[unk_len:] if len(part_ids) >= unk_len else part_ids
+        pieces.extend((i, False) for i in part_ids)
+    if (
+        not legacy
+        and len(pieces) > 1
+        and pieces[1][1]
+        and not pieces[0][1]
+        and processor.id_to_piece(pieces[0][0]) == SPIECE_UNDERLINE
+    ):
+        pieces = pieces[1:]
+    return [i for i, _ in pieces]
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens, as the checkpoint's training-time tokenizer produced them.
+
+    Args:
+        tokenizer: any Hugging Face tokenizer.
+        text: plain text (may contain special-token strings such as ``</s>``).
+
+    Returns:
+        ``list[int]`` of length T. For sentencepiece Llama tokenizers these are the slow tokenizer's ids (see the
+        module docstring); otherwise ``tokenizer(text, add_special_tokens=False).input_ids``.
+    """
+    model_file = sentencepiece_model_file(tokenizer)
+    if model_file is None:
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return _slow_llama_ids(tokenizer, text, model_file)
+
+
+def adds_bos_token(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(text)`` puts ``bos_token_id`` in front (probed on the empty string)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    probe = tokenizer("", add_special_tokens=True).input_ids
+    return len(probe) > 0 and probe[0] == bos
+
+
+def save_tokenizer(tokenizer: Any, save_directory: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(save_directory)``, keeping what :func:`encode_text` needs to reproduce slow ids.
+
+    transformers 5 saves a tokenizer converted from ``tokenizer.model`` as ``tokenizer.json`` plus
+    ``tokenizer_config.json`` only, without the sentencepiece model and without ``legacy``; reloading that folder
+    would tokenize like transformers 5 again. For sentencepiece Llama tokenizers this also copies
+    ``tokenizer.model`` into the folder and records ``legacy`` in its ``tokenizer_config.json`` (both written to a
+    temporary name first, then renamed). Other tokenizers are saved unchanged.
+    """
+    import shutil
+
+    model_file = sentencepiece_model_file(tokenizer)
+    legacy = _legacy_flag(tokenizer, model_file) if model_file else None
+    tokenizer.save_pretrained(str(save_directory))
+    if model_file is None:
+        return
+    target = os.path.join(str(save_directory), "tokenizer.model")
+    if not (os.path.exists(target) and os.path.samefile(model_file, target)):
+        shutil.copyfile(model_file, target + ".tmp")
+        os.replace(target + ".tmp", target)
+    config_path = os.path.join(str(save_directory), "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["legacy"] = legacy
+    with open(config_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(config_path + ".tmp", config_path)

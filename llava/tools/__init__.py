@@ -1,0 +1,1 @@
+"""Developer tools: builders for tiny, offline test artefacts (tokenizers, checkpoints)."""

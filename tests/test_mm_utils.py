@@ -1,0 +1,519 @@
+"""Tests for llava.mm_utils: image preprocessing, tokenization around <image>, stopping, image loading.
+
+Oracles are written out by hand: token ids are worked out from the piece table of a tiny model trained here,
+pixel values from the normalisation formula.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import zlib
+from io import BytesIO
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from llava.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from llava.mm_utils import (
+    ImageTooLargeError,
+    KeywordsStoppingCriteria,
+    divide_to_patches,
+    expand2square,
+    get_anyres_image_grid_shape,
+    get_model_name_from_path,
+    load_image,
+    load_image_from_base64,
+    load_images,
+    process_anyres_image,
+    process_images,
+    resize_and_pad_image,
+    save_tokenizer,
+    select_best_resolution,
+    tokenizer_image_token,
+)
+
+MEAN = [0.48145466, 0.4578275, 0.40821073]
+STD = [0.26862954, 0.26130258, 0.27577711]
+PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+IMG = IMAGE_TOKEN_INDEX
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+SP_CORPUS = "USER: What is the cat? ASSISTANT: The cat is black.\nUSER: What is the dog? ASSISTANT: The dog is white.\n"
+
+
+def _special(content: str) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+def _write_released_layout(folder, model_bytes: bytes, legacy: bool | None) -> None:
+    """tokenizer.model + tokenizer_config.json + special_tokens_map.json, as LLaVA-1.5 checkpoints ship them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model_bytes)
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": _special("<s>"),
+        "clean_up_tokenization_spaces": False,
+        "eos_token": _special("</s>"),
+        "model_max_length": 2048,
+        "pad_token": "<unk>",
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": _special("<unk>"),
+    }
+    if legacy is not None:
+        config["legacy"] = legacy
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    special = {"bos_token": _special("<s>"), "eos_token": _special("</s>"), "unk_token": _special("<unk>")}
+    special["pad_token"] = "<unk>"
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+
+
+@pytest.fixture(scope="module")
+def sp_model_bytes(tmp_path_factory) -> bytes:
+    """A 330-piece Llama-style sentencepiece BPE (byte fallback, <unk>=0, <s>=1, </s>=2) trained on SP_CORPUS.
+
+    Its pieces used below: 3 + byte for byte pieces (so "\\n" = <0x0A> = 13), 259 'at', 262 '▁is', 265 'ER',
+    267 'US', 268 'Wh', 280 '▁The', 281 '▁cat', 282 '▁dog', 283 '▁the', 284 '▁USER', 285 '▁What',
+    287 '▁ASSISTANT', 296 '▁black', 303 '▁', 311 ':', 315 '.', 316 '?'. No 'What' without '▁', no '▁▁'.
+    """
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("sp_train")
+    (folder / "corpus.txt").write_text(SP_CORPUS * 20)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "m"),
+        vocab_size=330,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return (folder / "m.model").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer(sp_model_bytes, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("llava-v1.5-tiny")
+    _write_released_layout(folder, sp_model_bytes, legacy=False)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    """A tokenizers BPE built by hand (no tokenizer.model): Metaspace pre-tokenizer, <s> added in front.
+
+    Vocabulary: 0 <unk>, 1 <s>, 2 </s>, 3 ▁, 4 W, 5 h, 6 a, 7 t, 8 i, 9 s, 10 e, 11 c, 12 ?, 13 \\n,
+    14 ▁W, 15 ▁Wh, 16 at, 17 ▁What, 18 ▁i, 19 ▁is, 20 ▁t, 21 ▁th, 22 ▁the, 23 ▁c, 24 ▁cat.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁", "W", "h", "a", "t", "i", "s", "e", "c", "?", "\n"]
+    pieces += ["▁W", "▁Wh", "at", "▁What", "▁i", "▁is", "▁t", "▁th", "▁the", "▁c", "▁cat"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [("▁", "W"), ("▁W", "h"), ("a", "t"), ("▁Wh", "at"), ("▁", "i"), ("▁i", "s")]
+    merges += [("▁", "t"), ("▁t", "h"), ("▁th", "e"), ("▁", "c"), ("▁c", "at")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path_factory.mktemp("bpe")
+    fast.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def clip_processor():
+    import warnings
+
+    from transformers import CLIPImageProcessor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CLIPImageProcessor(
+            size={"shortest_edge": 336},
+            crop_size={"height": 336, "width": 336},
+            image_mean=MEAN,
+            image_std=STD,
+        )
+
+
+def _normalised(rgb: tuple[int, int, int]) -> list[float]:
+    return [(rgb[c] / 255 - MEAN[c]) / STD[c] for c in range(3)]
+
+
+def _pixel(t: torch.Tensor, y: int, x: int) -> list[float]:
+    return [float(v) for v in t[:, y, x]]
+
+
+# --- tokenizer_image_token: sentencepiece (slow-tokenizer ids) ----------------------------------------------
+
+
+def test_sp_fixture_is_loaded_as_transformers5_llama_class(sp_tokenizer):
+    assert type(sp_tokenizer).__name__ == "LlamaTokenizer"
+    assert (sp_tokenizer.unk_token_id, sp_tokenizer.bos_token_id, sp_tokenizer.eos_token_id) == (0, 1, 2)
+    assert sp_tokenizer.convert_ids_to_tokens([285, 303, 13, 268, 259]) == ["▁What", "▁", "<0x0A>", "Wh", "at"]
+
+
+def test_sp_image_then_newline(sp_tokenizer):
+    # "USER: " -> ▁USER : ▁ ; "\nWhat is the cat? ASSISTANT:" -> ▁ \n Wh at ▁is ▁the ▁cat ? ▁ASSISTANT :
+    ids = tokenizer_image_token("USER: <image>\nWhat is the cat? ASSISTANT:", sp_tokenizer)
+    assert ids == [1, 284, 311, 303, IMG, 303, 13, 268, 259, 262, 283, 281, 316, 287, 311]
+
+
+def test_sp_space_after_image_keeps_slow_tokenizer_piece(sp_tokenizer):
+    # " What ..." is encoded by the slow tokenizer as "▁" + " What" -> ▁ ▁What (transformers 5 alone: ▁What).
+    ids = tokenizer_image_token("USER: <image> What is the cat? ASSISTANT:", sp_tokenizer)
+    assert ids == [1, 284, 311, 303, IMG, 303, 285, 262, 283, 281, 316, 287, 311]
+
+
+def test_transformers5_alone_drops_the_piece(sp_tokenizer):
+    """Documents the difference being fixed: the tokenizers-backed class folds the space into the prefix."""
+    assert sp_tokenizer(" What").input_ids == [1, 285]
+    assert tokenizer_image_token(" What", sp_tokenizer) == [1, 303, 285]
+
+
+def test_sp_two_images(sp_tokenizer):
+    # chunks "", "\n", "\nWhat is the dog?"
+    ids = tokenizer_image_token("<image>\n<image>\nWhat is the dog?", sp_tokenizer, return_tensors="pt")
+    assert ids.dtype == torch.long
+    assert ids.tolist() == [1, IMG, 303, 13, IMG, 303, 13, 268, 259, 262, 283, 282, 316]
+
+
+def test_sp_placeholder_mid_sentence(sp_tokenizer):
+    prompt = f"USER: What is {IMAGE_PLACEHOLDER} the cat? ASSISTANT:".replace(IMAGE_PLACEHOLDER, "<image>")
+    # "USER: What is " -> ▁USER : ▁What ▁is ▁ ; " the cat? ASSISTANT:" -> ▁ ▁the ▁cat ? ▁ASSISTANT :
+    expected = [1, 284, 311, 285, 262, 303, IMG, 303, 283, 281, 316, 287, 311]
+    assert tokenizer_image_token(prompt, sp_tokenizer) == expected
+
+
+def test_sp_text_after_eos_has_no_prefix(sp_tokenizer):
+    # legacy=False: after "</s>" no "▁" is added, so "USER" is U S E R -> US ER (no "▁USER").
+    prompt = "USER: What is the cat? ASSISTANT: The cat is black.</s>USER: What is the dog? ASSISTANT:"
+    expected = [1, 284, 311, 285, 262, 283, 281, 316, 287, 311, 280, 281, 262, 296, 315, 2]
+    expected += [267, 265, 311, 285, 262, 283, 282, 316, 287, 311]
+    assert tokenizer_image_token(prompt, sp_tokenizer) == expected
+
+
+def test_sp_config_without_legacy_uses_legacy_behaviour(sp_model_bytes, tmp_path):
+    # transformers 4.x read a missing "legacy" as True: text after "</s>" gets the dummy prefix (▁USER).
+    from transformers import AutoTokenizer
+
+    _write_released_layout(tmp_path / "old", sp_model_bytes, legacy=None)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "old"))
+    assert tokenizer_image_token("</s>USER: <image> What", tok) == [1, 2, 284, 311, 303, IMG, 303, 285]
+
+
+def test_sp_copied_checkpoint_folder(sp_tokenizer, tmp_path):
+    # A copy of the folder resolves its own tokenizer.model.
+    src = sp_tokenizer.name_or_path
+    shutil.copytree(src, tmp_path / "copy")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "copy"))
+    assert tokenizer_image_token("<image> What", tok) == [1, IMG, 303, 285]
+
+
+def test_sp_added_special_tokens(sp_model_bytes, tmp_path):
+    # LLaVA's mm_use_im_start_end adds <im_start>/<im_end> as special tokens (ids 330, 331 here). The slow tokenizer
+    # drops the lone "▁" in front of a special token; " What" right after <im_end> is then just ▁What.
+    from transformers import AutoTokenizer
+
+    _write_released_layout(tmp_path / "ckpt", sp_model_bytes, legacy=False)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "ckpt"))
+    tok.add_tokens(["<im_start>", "<im_end>"], special_tokens=True)
+    assert tokenizer_image_token("<im_start><image><im_end> What", tok) == [1, 330, IMG, 331, 285]
+
+
+def test_save_tokenizer_keeps_sentencepiece_model(sp_tokenizer, sp_model_bytes, tmp_path):
+    from transformers import AutoTokenizer
+
+    # transformers 5 alone saves tokenizer.json only: a reload falls back to its own ids (no crash, no model file).
+    sp_tokenizer.save_pretrained(str(tmp_path / "plain"))
+    assert not (tmp_path / "plain" / "tokenizer.model").exists()
+    plain = AutoTokenizer.from_pretrained(str(tmp_path / "plain"))
+    assert tokenizer_image_token("<image> What", plain) == [1, IMG, 285]
+    # save_tokenizer adds tokenizer.model and legacy=false, so the reload keeps the training-time ids.
+    save_tokenizer(sp_tokenizer, tmp_path / "kept")
+    assert (tmp_path / "kept" / "tokenizer.model").read_bytes() == sp_model_bytes
+    assert json.loads((tmp_path / "kept" / "tokenizer_config.json").read_text())["legacy"] is False
+    kept = AutoTokenizer.from_pretrained(str(tmp_path / "kept"))
+    assert tokenizer_image_token("<image> What", kept) == [1, IMG, 303, 285]
+
+
+# --- tokenizer_image_token: tokenizers BPE (plain behaviour) -------------------------------------------------
+
+
+def test_bpe_image_then_newline(bpe_tokenizer):
+    # "\nWhat is the cat?" -> ▁\nWhat: ▁ \n W h at ; ▁is ; ▁the ; ▁cat ?
+    ids = tokenizer_image_token("<image>\nWhat is the cat?", bpe_tokenizer)
+    assert ids == [1, IMG, 3, 13, 4, 5, 16, 19, 22, 24, 12]
+
+
+def test_bpe_space_after_image_is_plain(bpe_tokenizer):
+    # No tokenizer.model: the tokenizer's own ids ("What is " -> ▁What ▁is ▁ ; " the cat?" -> ▁the ▁cat ?).
+    assert tokenizer_image_token("What is <image> the cat?", bpe_tokenizer) == [1, 17, 19, 3, IMG, 22, 24, 12]
+
+
+def test_custom_image_index_and_bad_return_tensors(bpe_tokenizer):
+    assert tokenizer_image_token("<image>", bpe_tokenizer, image_token_index=-7) == [1, -7]
+    with pytest.raises(ValueError, match="np"):
+        tokenizer_image_token("<image>", bpe_tokenizer, return_tensors="np")
+
+
+# --- KeywordsStoppingCriteria --------------------------------------------------------------------------------
+
+
+def test_keywords_stopping_is_per_row(bpe_tokenizer):
+    prompt = torch.tensor([[1, 17], [1, 17], [1, 24], [1, 17]])
+    crit = KeywordsStoppingCriteria(["</s>", "cat?"], bpe_tokenizer, prompt)
+    out = torch.tensor(
+        [
+            [1, 17, 19, 2],  # ends with </s> ids
+            [1, 17, 24, 12],  # ends with "cat?" ids (▁cat ?)
+            [1, 24, 12, 19],  # "cat?" only in the prompt + first new token; last 2 decode to "? is"
+            [1, 17, 19, 22],  # " is the"
+        ]
+    )
+    # Rows 0 and 1 stop; row 2's keyword ids are not at the end and its last-2-token text "? is" has no keyword.
+    result = crit(out, torch.zeros(4, 25))
+    assert result.dtype == torch.bool
+    assert result.tolist() == [True, True, False, False]
+
+
+def test_keywords_stopping_ignores_prompt(bpe_tokenizer):
+    prompt = torch.tensor([[1, 24, 12]])
+    crit = KeywordsStoppingCriteria(["cat?"], bpe_tokenizer, prompt)
+    assert crit(prompt, torch.zeros(1, 25)).tolist() == [False]
+    assert crit(torch.tensor([[1, 24, 12, 19]]), torch.zeros(1, 25)).tolist() == [False]
+    assert crit(torch.tensor([[1, 24, 12, 24, 12]]), torch.zeros(1, 25)).tolist() == [True]
+
+
+def test_keywords_stopping_text_match(bpe_tokenizer):
+    # "at?" is inside the decoded text "cat?" of the last tokens, but its ids (a t ?) are not.
+    crit = KeywordsStoppingCriteria(["at?"], bpe_tokenizer, torch.tensor([[1]]))
+    assert crit(torch.tensor([[1, 19, 24, 12]]), None).tolist() == [True]
+
+
+# --- process_images ------------------------------------------------------------------------------------------
+
+
+def test_expand2square_centres():
+    img = Image.new("RGB", (3, 1), (9, 9, 9))
+    sq = expand2square(img, (1, 2, 3))
+    assert sq.size == (3, 3)
+    assert sq.getpixel((0, 0)) == (1, 2, 3) and sq.getpixel((0, 1)) == (9, 9, 9) and sq.getpixel((2, 2)) == (1, 2, 3)
+    tall = expand2square(Image.new("RGB", (1, 2), (9, 9, 9)), (1, 2, 3))
+    assert tall.size == (2, 2) and tall.getpixel((0, 0)) == (9, 9, 9) and tall.getpixel((1, 0)) == (1, 2, 3)
+    assert expand2square(img.resize((2, 2)), (0, 0, 0)).size == (2, 2)
+
+
+def test_process_images_pad(clip_processor):
+    # 40x20 red image padded to 40x40 with int(mean*255) = (122, 116, 104); the image rows land at 84..251 of 336.
+    images = [Image.new("RGB", (40, 20), (255, 0, 0)), Image.new("RGB", (20, 40), (0, 0, 255))]
+    cfg = SimpleNamespace(image_aspect_ratio="pad")
+    out = process_images(images, clip_processor, cfg)
+    assert out.shape == (2, 3, 336, 336)
+    border = _normalised((122, 116, 104))
+    assert _pixel(out[0], 0, 0) == pytest.approx(border, abs=1e-5)
+    assert _pixel(out[0], 335, 335) == pytest.approx(border, abs=1e-5)
+    assert _pixel(out[0], 168, 168) == pytest.approx(_normalised((255, 0, 0)), abs=1e-5)
+    assert _pixel(out[1], 0, 0) == pytest.approx(border, abs=1e-5)  # left border of the tall image
+    assert _pixel(out[1], 168, 168) == pytest.approx(_normalised((0, 0, 255)), abs=1e-5)
+
+
+def test_process_images_plain(clip_processor):
+    images = [Image.new("RGB", (672, 336), (0, 255, 0))] * 3
+    out = process_images(images, clip_processor, SimpleNamespace(image_aspect_ratio=None))
+    assert out.shape == (3, 3, 336, 336)
+    assert _pixel(out[2], 10, 10) == pytest.approx(_normalised((0, 255, 0)), abs=1e-5)
+
+
+def test_select_best_resolution_hand_worked():
+    # 672x336 fits (672, 336) exactly: effective 225792, waste 0 (672x672 and 1008x336 tie on effective, waste more).
+    assert select_best_resolution((672, 336), PINPOINTS) == (672, 336)
+    # 500x400: only 672x672 keeps every pixel (scale 1.344 -> capped at 200000); the others keep <= 141120.
+    assert select_best_resolution((500, 400), PINPOINTS) == (672, 672)
+    # Equal effective resolution 112896: 336x336 wastes 0, 672x672 wastes 338688.
+    assert select_best_resolution((336, 336), [(672, 672), (336, 336)]) == (336, 336)
+    # Full tie (same canvas twice): the first one listed wins.
+    assert select_best_resolution((10, 10), [(20, 20), (20, 20)]) == (20, 20)
+
+
+def test_grid_shape_and_string_pinpoints():
+    text = "[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]"
+    assert get_anyres_image_grid_shape((672, 336), text, 336) == (2, 1)
+    assert get_anyres_image_grid_shape((500, 400), PINPOINTS, 336) == (2, 2)
+    with pytest.raises(ValueError, match="pinpoints"):
+        get_anyres_image_grid_shape((10, 10), "__import__('os')", 336)
+
+
+def test_resize_and_pad_image():
+    # 100x50 into 336x336: width scale 3.36 < height scale 6.72 -> 336 x ceil(168.0) = 168, pasted at y = 84.
+    out = resize_and_pad_image(Image.new("RGB", (100, 50), (200, 10, 10)), (336, 336))
+    assert out.size == (336, 336)
+    assert out.getpixel((0, 83)) == (0, 0, 0) and out.getpixel((0, 252)) == (0, 0, 0)
+    assert out.getpixel((0, 84)) == (200, 10, 10) and out.getpixel((335, 251)) == (200, 10, 10)
+
+
+def test_divide_to_patches_row_major():
+    img = Image.new("RGB", (4, 4))
+    for (x, y), colour in {(0, 0): (1, 0, 0), (2, 0): (2, 0, 0), (0, 2): (3, 0, 0), (2, 2): (4, 0, 0)}.items():
+        img.paste(colour, (x, y, x + 2, y + 2))
+    patches = divide_to_patches(img, 2)
+    assert [p.size for p in patches] == [(2, 2)] * 4
+    assert [p.getpixel((0, 0))[0] for p in patches] == [1, 2, 3, 4]
+
+
+def test_process_anyres_tiles(clip_processor):
+    # 672x336, left half red, right half blue: best canvas (672, 336) -> base view + 2 tiles (red, blue).
+    img = Image.new("RGB", (672, 336), (255, 0, 0))
+    img.paste((0, 0, 255), (336, 0, 672, 336))
+    out = process_anyres_image(img, clip_processor, PINPOINTS)
+    assert out.shape == (3, 3, 336, 336)
+    assert _pixel(out[1], 168, 168) == pytest.approx(_normalised((255, 0, 0)), abs=1e-5)
+    assert _pixel(out[2], 168, 168) == pytest.approx(_normalised((0, 0, 255)), abs=1e-5)
+    # Base view: the whole image squeezed to 336x336, so its left quarter is red and right quarter blue.
+    assert _pixel(out[0], 168, 40) == pytest.approx(_normalised((255, 0, 0)), abs=1e-5)
+    assert _pixel(out[0], 168, 300) == pytest.approx(_normalised((0, 0, 255)), abs=1e-5)
+
+
+def test_process_images_anyres_stack_or_list(clip_processor):
+    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=str(PINPOINTS))
+    same = process_images([Image.new("RGB", (672, 336))] * 2, clip_processor, cfg)
+    assert isinstance(same, torch.Tensor) and same.shape == (2, 3, 3, 336, 336)
+    cfg = SimpleNamespace(image_aspect_ratio="anyres_max_9", image_grid_pinpoints=PINPOINTS)
+    mixed = process_images([Image.new("RGB", (672, 336)), Image.new("RGB", (500, 400))], clip_processor, cfg)
+    assert isinstance(mixed, list)
+    assert [m.shape for m in mixed] == [(3, 3, 336, 336), (5, 3, 336, 336)]
+
+
+# --- get_model_name_from_path --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("liuhaotian/llava-v1.5-7b", "llava-v1.5-7b"),
+        ("/data/models/llava-v1.5-13b/", "llava-v1.5-13b"),
+        ("./checkpoints/llava-v1.5-7b-lora/checkpoint-500", "llava-v1.5-7b-lora_checkpoint-500"),
+        ("./checkpoints/run/checkpoint-500/", "run_checkpoint-500"),
+        ("checkpoint-3", "checkpoint-3"),
+    ],
+)
+def test_get_model_name_from_path(path, name):
+    assert get_model_name_from_path(path) == name
+
+
+# --- image loading -------------------------------------------------------------------------------------------
+
+
+def _png_bytes(size=(4, 3), colour=(1, 2, 3), mode="RGB") -> bytes:
+    buf = BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR announces width x height but carries no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_load_image_path_base64_and_data_uri(tmp_path):
+    path = tmp_path / "grey.png"
+    path.write_bytes(_png_bytes(mode="L", colour=(50,)))
+    img = load_image(str(path))
+    assert img.mode == "RGB" and img.size == (4, 3) and img.getpixel((0, 0)) == (50, 50, 50)
+    b64 = base64.b64encode(_png_bytes()).decode()
+    assert load_image(b64).getpixel((1, 1)) == (1, 2, 3)
+    assert load_image("data:image/png;base64," + b64).size == (4, 3)
+    assert load_image_from_base64(b64).size == (4, 3)
+    assert [i.size for i in load_images([path, b64])] == [(4, 3), (4, 3)]
+
+
+def test_load_image_missing_file_names_it(tmp_path):
+    missing = tmp_path / "nope" / "cat.jpg"
+    with pytest.raises(FileNotFoundError, match="cat.jpg"):
+        load_image(str(missing))
+
+
+def test_load_image_corrupt_file_names_it(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not an image at all")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image(bad)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_png_bytes(size=(64, 64))[:60])
+    with pytest.raises(ValueError, match="truncated.png"):
+        load_image(truncated)
+    with pytest.raises(ValueError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_load_image_oversized_header_refused_before_decoding(tmp_path):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(9000, 8000))  # 72,000,000 > 64,000,000 pixels, no pixel data at all
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png.*9000x8000"):
+        load_image(huge)
+    small = tmp_path / "small.png"
+    small.write_bytes(_png_bytes(size=(20, 20)))
+    with pytest.raises(ValueError, match=r"small\.png.*400 pixels.*limit of 100"):
+        load_image(small, max_pixels=100)
+    assert load_image(small, max_pixels=None).size == (20, 20)
+    with pytest.raises(ImageTooLargeError):
+        load_image_from_base64(base64.b64encode(_png_header_only(9000, 8000)).decode())
+
+
+def test_load_image_url_uses_requests_with_timeout(monkeypatch):
+    import requests
+
+    calls = []
+
+    class Response:
+        content = _png_bytes(size=(5, 5))
+
+        def raise_for_status(self):
+            return None
+
+    def fake_get(url, timeout):
+        calls.append((url, timeout))
+        return Response()
+
+    monkeypatch.setattr(requests, "get", fake_get)
+    assert load_image("https://example.com/a.png", timeout=3.0).size == (5, 5)
+    assert calls == [("https://example.com/a.png", 3.0)]
+
+    def failing_get(url, timeout):
+        raise requests.ConnectionError("unreachable")
+
+    monkeypatch.setattr(requests, "get", failing_get)
+    with pytest.raises(ValueError, match="https://example.com/b.png"):
+        load_image("https://example.com/b.png")
