@@ -1,0 +1,461 @@
+"""A model worker: loads one LLaVA model, registers with the controller, streams generations over HTTP.
+
+    python -m llava.serve.model_worker --host 127.0.0.1 --port 21002 --controller-address http://127.0.0.1:21001 \\
+        --worker-address http://127.0.0.1:21002 --model-path liuhaotian/llava-v1.5-7b [--token-reduction prumerge+]
+
+Endpoints (JSON POST, as upstream LLaVA's worker):
+
+* ``/worker_generate_stream`` {model, prompt, images: [base64], temperature, top_p, max_new_tokens, stop}:
+  a stream of ``{"text": prompt + generated so far, "error_code": 0}`` objects, each followed by a NUL byte. The
+  last object also carries ``"visual_tokens"`` (tokens kept per image after reduction) and ``"token_reduction"``
+  (the mode). Failures (wrong image count, bad image, out of memory, ...) arrive as ``{"text": why,
+  "error_code": 1}`` instead of a dropped connection.
+* ``/worker_get_status``: ``{"model_names": [name], "speed": 1, "queue_length": n}``.
+
+At most ``--limit-model-concurrency`` requests generate at once; the others wait (they count in queue_length).
+The semaphore, counters and heartbeat thread belong to the :class:`ModelWorker` instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import torch
+from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+from ..constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_TOKEN_INDEX,
+    WORKER_HEART_BEAT_INTERVAL,
+)
+from ..eval.common import default_device
+from ..mm_utils import (
+    KeywordsStoppingCriteria,
+    get_model_name_from_path,
+    load_image_from_base64,
+    process_images,
+    tokenizer_image_token,
+)
+from ..model.builder import load_pretrained_model
+from ..model.token_reduction import add_token_reduction_args
+from ..utils import build_logger, pretty_print_semaphore
+from ._generation import (
+    EXCEEDS_CONTEXT_MESSAGE,
+    CallAfterFirstStep,
+    GenerateParams,
+    StopWhenSet,
+    clamp_max_new_tokens,
+    find_stop,
+    stop_prefix_length,
+)
+from ._stream import ERROR_GENERATION, ERROR_NONE, encode_stream_object, error_object
+
+try:
+    import uvicorn
+    from fastapi import Body, FastAPI
+    from fastapi.responses import StreamingResponse
+    from starlette.concurrency import iterate_in_threadpool
+except ImportError as err:  # the serve extra is optional
+    raise ImportError(f"the LLaVA model worker needs fastapi and uvicorn ({err}): pip install 'llava[serve]'") from err
+
+# A fixed name rather than __name__, which is "__main__" under `python -m`.
+logger = logging.getLogger("llava.serve.model_worker")
+
+HTTP_TIMEOUT = 5.0  # seconds for calls to the controller
+
+
+@dataclass
+class _Generation:
+    """What the generation thread hands back to the streaming side."""
+
+    visual_tokens: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+class ModelWorker:
+    """One loaded model and the serving state around it (semaphore, queue length, heartbeat).
+
+    Args:
+        controller_addr / worker_addr: base URLs of the controller and of this worker as the controller reaches it.
+        worker_id: short id for logs.
+        no_register: do not register with the controller nor send heartbeats.
+        model_path / model_base / model_name: as ``load_pretrained_model``; ``model_name`` defaults to the folder
+            name (``get_model_name_from_path``).
+        load_8bit / load_4bit / device / use_flash_attn: passed to ``load_pretrained_model``.
+        limit_model_concurrency: requests generating at once; more wait.
+        stream_interval: send a stream object every this many decoded text pieces (the last one always goes).
+        token_reduction / token_budget: override the checkpoint's visual-token reduction.
+        heart_beat_interval: seconds between heartbeats to the controller.
+    """
+
+    def __init__(
+        self,
+        controller_addr: str,
+        worker_addr: str,
+        worker_id: str,
+        no_register: bool,
+        model_path: str,
+        model_base: str | None,
+        model_name: str | None,
+        load_8bit: bool = False,
+        load_4bit: bool = False,
+        device: str | None = None,
+        use_flash_attn: bool = False,
+        *,
+        limit_model_concurrency: int = 5,
+        stream_interval: int = 1,
+        token_reduction: str | None = None,
+        token_budget: int | None = None,
+        heart_beat_interval: float = WORKER_HEART_BEAT_INTERVAL,
+    ) -> None:
+        if limit_model_concurrency < 1:
+            raise ValueError(f"--limit-model-concurrency must be at least 1, got {limit_model_concurrency}")
+        if stream_interval < 1:
+            raise ValueError(f"--stream-interval must be at least 1, got {stream_interval}")
+        self.controller_addr = controller_addr.rstrip("/")
+        self.worker_addr = worker_addr.rstrip("/")
+        self.worker_id = worker_id
+        self.no_register = no_register
+        model_path = model_path.rstrip("/")
+        self.model_name = model_name or get_model_name_from_path(model_path)
+        self.limit_model_concurrency = limit_model_concurrency
+        self.stream_interval = stream_interval
+        self.heart_beat_interval = heart_beat_interval
+
+        logger.info("loading model %s on worker %s ...", self.model_name, worker_id)
+        self.tokenizer, self.model, self.image_processor, self.context_len = load_pretrained_model(
+            model_path, model_base, self.model_name, load_8bit, load_4bit, device=device or default_device(),
+            use_flash_attn=use_flash_attn, token_reduction=token_reduction, token_budget=token_budget,
+        )
+        self.is_multimodal = self.image_processor is not None
+        self.token_reduction_mode = self.model.get_vision_tower().token_reduction.mode if self.is_multimodal else None
+        if self.is_multimodal:
+            logger.info("worker %s: %s", worker_id, self.model.get_vision_tower().token_reduction.describe())
+        else:
+            logger.info("worker %s: %s is a language-only model (no images)", worker_id, self.model_name)
+
+        self.semaphore: asyncio.Semaphore | None = None  # made by start(), on the serving event loop
+        self.queue_length = 0  # requests waiting or generating; changed on the event loop only
+        self.request_count = 0
+        self._prefill_lock = threading.Lock()  # one prompt encoding at a time: last_visual_token_counts is shared
+        self._stop = threading.Event()
+        self._beat_now = threading.Event()
+        self._heart_beat_thread: threading.Thread | None = None
+
+    # --- controller ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make the semaphore (call on the serving event loop), register, and start heartbeating."""
+        self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
+        if self.no_register:
+            return
+        try:
+            self.register_to_controller()
+        except httpx.HTTPError as err:  # the heartbeat registers again once the controller answers
+            logger.error("cannot register with the controller at %s: %s", self.controller_addr, err)
+        self._stop.clear()
+        self._heart_beat_thread = threading.Thread(target=self._heart_beat_loop, name="worker-heartbeat",
+                                                   daemon=True)
+        self._heart_beat_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._beat_now.set()
+        if self._heart_beat_thread is not None:
+            self._heart_beat_thread.join(timeout=10)
+            self._heart_beat_thread = None
+
+    def register_to_controller(self) -> None:
+        """Register with the controller, sending our status (so it need not call back)."""
+        logger.info("registering with the controller at %s", self.controller_addr)
+        response = httpx.post(self.controller_addr + "/register_worker", timeout=HTTP_TIMEOUT, json={
+            "worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()})
+        response.raise_for_status()
+
+    def send_heart_beat(self) -> bool:
+        """One heartbeat; registers again when the controller has forgotten us. False when it failed."""
+        logger.info("heartbeat: models %s, semaphore %s, requests %d", [self.model_name],
+                    pretty_print_semaphore(self.semaphore), self.request_count)
+        try:
+            response = httpx.post(self.controller_addr + "/receive_heart_beat", timeout=HTTP_TIMEOUT,
+                                  json={"worker_name": self.worker_addr, "queue_length": self.get_queue_length()})
+            response.raise_for_status()
+            if not response.json()["exist"]:
+                self.register_to_controller()
+        except (httpx.HTTPError, ValueError, KeyError) as err:
+            logger.error("heartbeat to %s failed: %s", self.controller_addr, err)
+            return False
+        return True
+
+    def _heart_beat_loop(self) -> None:
+        """A beat every interval, and one at once when a request starts or ends (fresh queue length)."""
+        while not self._stop.is_set():
+            self._beat_now.wait(self.heart_beat_interval)
+            self._beat_now.clear()
+            if self._stop.is_set():
+                break
+            self.send_heart_beat()
+
+    def get_queue_length(self) -> int:
+        return self.queue_length
+
+    def get_status(self) -> dict[str, Any]:
+        return {"model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length()}
+
+    # --- generation -----------------------------------------------------------------------------------------
+
+    async def generate_stream_async(self, params: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The response body: wait for a slot, then relay :meth:`generate_stream_gate` as NUL-delimited JSON."""
+        if self.semaphore is None:
+            self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
+        self.request_count += 1
+        self.queue_length += 1
+        cancel = threading.Event()
+        try:
+            async with self.semaphore:
+                self._beat_now.set()
+                async for obj in iterate_in_threadpool(self.generate_stream_gate(params, cancel)):
+                    yield encode_stream_object(obj)
+        finally:  # also when the client goes away: stop generating, free the slot
+            cancel.set()
+            self.queue_length -= 1
+            self._beat_now.set()
+
+    def generate_stream_gate(self, params: dict[str, Any], cancel: threading.Event | None = None
+                             ) -> Iterator[dict[str, Any]]:
+        """:meth:`generate_stream`, with every failure turned into an ``error_code`` 1 object."""
+        try:
+            yield from self.generate_stream(params, cancel)
+        except torch.cuda.OutOfMemoryError as err:
+            logger.error("out of GPU memory: %s", err)
+            torch.cuda.empty_cache()
+            yield error_object(f"the worker ran out of GPU memory ({err}); try a shorter request", ERROR_GENERATION)
+        except ValueError as err:  # a bad request: image count, image data, parameters
+            logger.info("bad request: %s", err)
+            yield error_object(str(err), ERROR_GENERATION)
+        except Exception as err:  # anything else must still reach the client as an error object
+            logger.exception("generation failed")
+            yield error_object(f"generation failed: {type(err).__name__}: {err}", ERROR_GENERATION)
+
+    def generate_stream(self, params: dict[str, Any], cancel: threading.Event | None = None
+                        ) -> Iterator[dict[str, Any]]:
+        """Generate for one request, yielding ``{"text": prompt + generated so far, "error_code": 0}`` objects.
+
+        Raises:
+            ValueError: invalid parameters, a prompt whose ``<image>`` count differs from the number of images, or
+                an image that is not valid base64 / not decodable / too large (checked before decoding).
+        """
+        request = GenerateParams.model_validate(params)
+        cancel = cancel if cancel is not None else threading.Event()
+        prompt = request.prompt
+        num_image_tokens = prompt.count(DEFAULT_IMAGE_TOKEN)
+        if num_image_tokens != len(request.images):
+            raise ValueError(f"the prompt has {num_image_tokens} {DEFAULT_IMAGE_TOKEN} tokens but "
+                             f"{len(request.images)} images were given")
+        if request.images and not self.is_multimodal:
+            raise ValueError(f"{self.model_name} is a language-only model: send no images")
+
+        model_prompt, image_args, visual_upper_bound = self._prepare_images(prompt, request.images)
+        input_ids = tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        input_ids = input_ids.unsqueeze(0).to(self.model.device)  # [1, T]
+        text_tokens = input_ids.shape[1] - len(request.images)
+        max_new_tokens = clamp_max_new_tokens(request.max_new_tokens, text_tokens + visual_upper_bound,
+                                              self.context_len)
+        if max_new_tokens < 1:
+            yield {"text": prompt + EXCEEDS_CONTEXT_MESSAGE, "error_code": ERROR_NONE}
+            return
+
+        stops = request.stop_strings
+        criteria = [StopWhenSet(cancel)]
+        if stops:  # generated ids only: generate() sees no prompt ids when it is given embeddings
+            criteria.append(KeywordsStoppingCriteria(stops, self.tokenizer, input_ids[:, :0]))
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        gen_kwargs: dict[str, Any] = dict(
+            inputs=input_ids, max_new_tokens=max_new_tokens, do_sample=request.do_sample, use_cache=True,
+            streamer=streamer, stopping_criteria=StoppingCriteriaList(criteria),
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id, **image_args,
+        )
+        if request.do_sample:
+            gen_kwargs.update(temperature=request.temperature, top_p=request.top_p, top_k=request.top_k)
+        if request.repetition_penalty != 1.0:
+            gen_kwargs["repetition_penalty"] = request.repetition_penalty
+
+        result = _Generation()
+        thread = threading.Thread(target=self._run_generate, args=(gen_kwargs, result, bool(request.images)),
+                                  name="worker-generate", daemon=True)
+        thread.start()
+        generated = ""
+        try:
+            for pieces, new_text in enumerate(streamer, start=1):
+                generated += new_text
+                at = find_stop(generated, stops)
+                if at is not None:
+                    generated = generated[:at]
+                    cancel.set()
+                    break
+                if pieces % self.stream_interval == 0:
+                    shown = generated[: len(generated) - stop_prefix_length(generated, stops)]
+                    yield {"text": prompt + shown, "error_code": ERROR_NONE}
+        finally:  # done, a stop string, or the consumer closed us: in each case the model may stop now
+            cancel.set()
+        thread.join()
+        if result.error is not None:
+            raise result.error
+        yield {"text": prompt + generated, "error_code": ERROR_NONE, "visual_tokens": result.visual_tokens,
+               "token_reduction": self.token_reduction_mode}
+
+    def _prepare_images(self, prompt: str, images_b64: list[str]) -> tuple[str, dict[str, Any], int]:
+        """Decode and preprocess the request's images.
+
+        Returns:
+            The prompt as the model reads it (``<im_start><image><im_end>`` when the model uses them), the
+            ``images`` / ``image_sizes`` arguments for ``generate``, and an upper bound of the visual tokens (the
+            tower's patches per image or tile, before any reduction).
+        """
+        if not images_b64:
+            return prompt, {}, 0
+        images = [load_image_from_base64(b64).convert("RGB") for b64 in images_b64]  # size-checked before decoding
+        pixel_values = process_images(images, self.image_processor, self.model.config)
+        tower = self.model.get_vision_tower()
+        if isinstance(pixel_values, list):  # anyres: [tiles_i, 3, H, W] each
+            pixel_values = [p.to(tower.device, dtype=tower.dtype) for p in pixel_values]
+            tiles = sum(p.shape[0] if p.dim() == 4 else 1 for p in pixel_values)
+        else:  # [B, 3, H, W], or [B, tiles, 3, H, W] for anyres images that share a shape
+            pixel_values = pixel_values.to(tower.device, dtype=tower.dtype)
+            tiles = pixel_values.shape[0] * (pixel_values.shape[1] if pixel_values.dim() == 5 else 1)
+        if self.model.config.mm_use_im_start_end:
+            prompt = prompt.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN
+                                    + DEFAULT_IM_END_TOKEN)
+        image_args = {"images": pixel_values, "image_sizes": [image.size for image in images]}
+        return prompt, image_args, tiles * tower.num_patches
+
+    def _run_generate(self, gen_kwargs: dict[str, Any], result: _Generation, has_images: bool) -> None:
+        """Thread body: ``model.generate`` feeding the streamer; failures are stored in ``result``.
+
+        The prefill lock is held from the start until the first step is done, so the visual-token counts the model
+        records for this prompt are read before another request's prompt overwrites them.
+        """
+        self._prefill_lock.acquire()
+        held = True
+
+        def after_prefill() -> None:
+            nonlocal held
+            if has_images:
+                result.visual_tokens = list(self.model.last_visual_token_counts)
+            held = False
+            self._prefill_lock.release()
+
+        gen_kwargs["stopping_criteria"].append(CallAfterFirstStep(after_prefill))
+        streamer = gen_kwargs["streamer"]
+        try:
+            with torch.inference_mode():
+                self.model.generate(**gen_kwargs)
+        except Exception as err:  # handed to the streaming side, which reports it to the client
+            result.error = err
+            streamer.end()
+        finally:
+            if held:
+                self._prefill_lock.release()
+
+
+def create_app(worker: ModelWorker) -> FastAPI:
+    """A FastAPI app serving ``worker``; its lifespan registers with the controller and runs the heartbeat."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="LLaVA model worker", lifespan=lifespan)
+    app.state.worker = worker
+
+    @app.post("/worker_generate_stream")
+    async def worker_generate_stream(params: dict[str, Any] = Body(...)) -> StreamingResponse:
+        return StreamingResponse(worker.generate_stream_async(params))
+
+    @app.post("/worker_get_status")
+    async def worker_get_status() -> dict[str, Any]:
+        return worker.get_status()
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="A LLaVA model worker.")
+    parser.add_argument("--host", type=str, default="127.0.0.1",
+                        help="address to bind (default: localhost only; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=21002)
+    parser.add_argument("--worker-address", type=str, default=None,
+                        help="this worker's URL as the controller reaches it (default: http://HOST:PORT)")
+    parser.add_argument("--controller-address", type=str, default="http://127.0.0.1:21001")
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--model-name", type=str, default=None)
+    parser.add_argument("--device", type=str, default=None, help="cuda | cpu | mps (default: the best available)")
+    parser.add_argument("--multi-modal", action="store_true",
+                        help="deprecated, does nothing: images are enabled whenever the checkpoint has a vision tower")
+    parser.add_argument("--limit-model-concurrency", type=int, default=5)
+    parser.add_argument("--stream-interval", type=int, default=1)
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--use-flash-attn", action="store_true")
+    parser.add_argument("--heart-beat-interval", type=float, default=WORKER_HEART_BEAT_INTERVAL,
+                        help="seconds between heartbeats to the controller")
+    add_token_reduction_args(parser)
+    return parser
+
+
+def default_worker_address(host: str, port: int) -> str:
+    """``http://HOST:PORT``, with a wildcard bind address replaced by localhost."""
+    reachable = "localhost" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{reachable}:{port}"
+
+
+def worker_from_args(args: argparse.Namespace, worker_id: str) -> ModelWorker:
+    return ModelWorker(
+        args.controller_address, args.worker_address or default_worker_address(args.host, args.port), worker_id,
+        args.no_register, args.model_path, args.model_base, args.model_name, args.load_8bit, args.load_4bit,
+        args.device, use_flash_attn=args.use_flash_attn, limit_model_concurrency=args.limit_model_concurrency,
+        stream_interval=args.stream_interval, token_reduction=args.token_reduction, token_budget=args.token_budget,
+        heart_beat_interval=args.heart_beat_interval,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    worker_id = uuid.uuid4().hex[:6]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat otherwise
+    build_logger(logger.name, f"model_worker_{worker_id}.log")
+    logger.info("args: %s", args)
+    if args.multi_modal:
+        logger.warning("--multi-modal is deprecated and does nothing: images are enabled when the checkpoint has "
+                       "a vision tower")
+    try:
+        worker = worker_from_args(args, worker_id)
+    except (FileNotFoundError, ValueError, OSError) as err:  # a user's mistake: say what, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
