@@ -1,0 +1,243 @@
+"""The model side shared by the benchmark scripts: arguments, loading, prompts, batched greedy/sampled generation.
+
+Shapes: B prompts in a batch, T prompt length (after left padding), H = W = the processor's crop size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..constants import IMAGE_TOKEN_INDEX
+from ..conversation import conv_templates
+from ..mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from ..model.builder import load_pretrained_model
+from ..model.token_reduction import add_token_reduction_args
+from .common import add_image_tokens, default_device
+
+logger = logging.getLogger(__name__)
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    question_file: str,
+    conv_mode: str,
+    temperature: float = 0.2,
+    max_new_tokens: int = 1024,
+) -> argparse.ArgumentParser:
+    """Upstream's shared arguments (same names and defaults), plus ``--device`` and the token-reduction flags."""
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--image-folder", type=str, default="")
+    parser.add_argument("--question-file", type=str, default=question_file)
+    parser.add_argument("--answers-file", type=str, default="answer.jsonl")
+    parser.add_argument("--conv-mode", type=str, default=conv_mode)
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--device", type=str, default=None, help="cuda | cpu | mps (default: the best available)")
+    add_token_reduction_args(parser)
+    return parser
+
+
+def configure_logging() -> None:
+    """INFO for this package (the loader logs the active token-reduction mode once), quiet HTTP clients."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("llava").setLevel(logging.INFO)
+    for noisy in ("httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(eval_model: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, run ``eval_model``; a user's mistake prints ``error: ...`` and gives exit status 2."""
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        eval_model(args)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def check_conv_mode(conv_mode: str) -> str:
+    """``conv_mode`` if it names a template, else ValueError listing the valid ones."""
+    if conv_mode not in conv_templates:
+        raise ValueError(f"unknown --conv-mode {conv_mode!r}; valid modes are {', '.join(sorted(conv_templates))}")
+    return conv_mode
+
+
+def plain_model_conv_mode(model_name: str, conv_mode: str) -> str:
+    """Upstream's switch to the ``_mmtag`` template for a pretraining-only ("plain") checkpoint, where one exists."""
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
+        switched = conv_mode + "_mmtag"
+        if switched in conv_templates:
+            logger.warning("this looks like a plain (pretraining-only) model: using conv mode %s", switched)
+            return switched
+    return conv_mode
+
+
+# --- model ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """What ``load_pretrained_model`` returns, with the name the answers files use as ``model_id``."""
+
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    model_name: str
+
+    @property
+    def token_reduction(self) -> str:
+        return self.model.get_vision_tower().token_reduction.mode
+
+
+def load_model(args) -> LoadedModel:
+    """Load ``args.model_path`` (``args.model_base``) on ``args.device`` with the requested token reduction."""
+    model_path = os.path.expanduser(args.model_path)
+    model_name = get_model_name_from_path(model_path)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        model_path,
+        args.model_base,
+        model_name,
+        device=getattr(args, "device", None) or default_device(),
+        token_reduction=getattr(args, "token_reduction", None),
+        token_budget=getattr(args, "token_budget", None),
+    )
+    if image_processor is None:
+        raise ValueError(f"{args.model_path} is not a LLaVA checkpoint (it has no vision tower)")
+    return LoadedModel(tokenizer, model, image_processor, model_name)
+
+
+def build_prompt(conv_mode: str, question: str, with_image: bool, use_im_start_end: bool) -> str:
+    """The full conversation prompt for one user turn (image token(s) first, as upstream), assistant to answer."""
+    text = add_image_tokens(question, 1, use_im_start_end) if with_image else question
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def encode_prompt(prompt: str, tokenizer) -> torch.Tensor:
+    """``[T]`` ids with -200 where the image goes."""
+    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+
+
+def pixel_values(images: Sequence, image_processor, model_config) -> list[torch.Tensor]:
+    """One preprocessed tensor per PIL image (``[3, H, W]``, or ``[tiles, 3, H, W]`` for anyres)."""
+    processed = process_images(list(images), image_processor, model_config)
+    return list(processed)
+
+
+def pad_id(tokenizer) -> int:
+    """The id used for left padding and for finished rows (pad, else eos, else 0)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def left_pad(sequences: Sequence[torch.Tensor], padding_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D id tensors.
+
+    Returns:
+        ``input_ids [B, T]`` and ``attention_mask [B, T]`` (1 on real tokens, 0 on padding).
+    """
+    longest = max(s.shape[0] for s in sequences)
+    input_ids = torch.full((len(sequences), longest), padding_value, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, longest - seq.shape[0] :] = seq
+        attention_mask[row, longest - seq.shape[0] :] = 1
+    return input_ids, attention_mask
+
+
+def stack_images(tensors: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """``[B, ...]`` when every image gives the same shape (always, for "pad"), else the list (anyres)."""
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(list(tensors), dim=0)
+    return list(tensors)
+
+
+def generation_kwargs(args, tokenizer) -> dict[str, Any]:
+    """``generate`` arguments from upstream's flags: sampling only when ``temperature > 0`` (greedy otherwise)."""
+    temperature = float(getattr(args, "temperature", 0.2))
+    kwargs: dict[str, Any] = {
+        "do_sample": temperature > 0,
+        "num_beams": getattr(args, "num_beams", 1),
+        "max_new_tokens": getattr(args, "max_new_tokens", 1024),
+        "use_cache": True,
+        "pad_token_id": pad_id(tokenizer),
+    }
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+        kwargs["top_p"] = getattr(args, "top_p", None)
+    else:  # greedy: override any sampling defaults in the checkpoint's generation_config
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def generate_answers(
+    loaded: LoadedModel,
+    input_ids: Sequence[torch.Tensor] | torch.Tensor,
+    images: Sequence[torch.Tensor] | torch.Tensor | None,
+    image_sizes: Sequence[tuple[int, int]] | None,
+    gen_kwargs: dict[str, Any],
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[list[str], list[list[int]]]:
+    """Answer a batch of prompts (one image each, or none at all).
+
+    Args:
+        input_ids: B id tensors ``[T_i]`` (left-padded here), or ``[B, T]`` already left-padded with
+            ``attention_mask``.
+        images: B preprocessed images (``[B, 3, H, W]`` or a list), or None for text-only prompts.
+        image_sizes: the B original ``(width, height)``, or None.
+    Returns:
+        The B decoded answers (stripped) and, per prompt, the visual tokens its image kept (``[]`` without image).
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids, attention_mask = left_pad(input_ids, pad_id(tokenizer))
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    batch = input_ids.shape[0]
+    kwargs = dict(gen_kwargs)
+    if images is not None:
+        if isinstance(images, torch.Tensor):
+            images = images.to(device=model.device, dtype=model.dtype)
+        else:
+            images = stack_images([im.to(device=model.device, dtype=model.dtype) for im in images])
+        kwargs.update(images=images, image_sizes=list(image_sizes) if image_sizes is not None else None)
+    with torch.inference_mode():
+        output_ids = model.generate(
+            input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **kwargs
+        )
+    texts = [t.strip() for t in tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+    if images is None:
+        return texts, [[] for _ in range(batch)]
+    counts = list(model.last_visual_token_counts)
+    if len(counts) != batch:  # one image per prompt: anything else is a bug upstream of here
+        raise AssertionError(f"expected {batch} visual token counts, got {len(counts)}")
+    return texts, [[c] for c in counts]
+
+
+def answer_metadata(visual_tokens: list[int], mode: str) -> dict[str, Any]:
+    """Upstream's (empty) metadata plus the visual tokens kept per image and the reduction mode."""
+    return {"visual_tokens": visual_tokens, "token_reduction": mode}

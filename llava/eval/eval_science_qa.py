@@ -1,0 +1,147 @@
+"""Score ScienceQA answers (upstream's ``llava/eval/eval_science_qa.py``; standard library only, so it also runs
+as ``python llava/eval/eval_science_qa.py``).
+
+    python llava/eval/eval_science_qa.py \\
+        --base-dir ./playground/data/eval/scienceqa \\
+        --result-file ./playground/data/eval/scienceqa/answers/llava-v1.5-13b.jsonl \\
+        --output-file ./playground/data/eval/scienceqa/answers/llava-v1.5-13b_output.jsonl \\
+        --output-result ./playground/data/eval/scienceqa/answers/llava-v1.5-13b_result.json
+
+``--base-dir`` holds ScienceQA's ``problems.json`` ({id: {"choices": [...], "answer": index, ...}}) and
+``pid_splits.json`` ({split: [id, ...]}). An answer's letter is read as: the whole answer if it is an option letter;
+else its first character when followed by ". "; else X from a single "The answer is X." Anything else (and a
+problem with no answer) is "FAILED" and counts as wrong. Prints
+``Total: N, Correct: C, Accuracy: xx.xx%, IMG-Accuracy: xx.xx%`` (IMG: answers whose prompt has ``<image>``);
+writes the per-problem analysis to ``--output-file`` and ``{acc, correct, count, results, outputs}`` to
+``--output-result``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+_THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="ScienceQA accuracy of a LLaVA answers file.")
+    parser.add_argument("--base-dir", type=str, required=True)
+    parser.add_argument("--result-file", type=str, required=True)
+    parser.add_argument("--output-file", type=str, required=True)
+    parser.add_argument("--output-result", type=str, required=True)
+    parser.add_argument("--split", type=str, default="test")
+    parser.add_argument("--options", type=list, default=["A", "B", "C", "D", "E"],
+                        help="option letters, written together (e.g. ABCDE)")
+    return parser.parse_args(argv)
+
+
+def _load_json(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
+
+
+def _load_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    return rows
+
+
+def parse_answer_letter(pred_text: str, options: Sequence[str]) -> str:
+    """The option letter an answer gives, or "FAILED"."""
+    if pred_text in options:
+        return pred_text
+    if len(pred_text) >= 3 and pred_text[0] in options and pred_text[1:3] == ". ":
+        return pred_text[0]
+    found = _THE_ANSWER_IS.findall(pred_text)
+    return found[0] if len(found) == 1 else "FAILED"
+
+
+def get_pred_idx(prediction: str, choices: Sequence, options: Sequence[str]) -> int:
+    """The index of letter ``prediction`` among this problem's choices, or -1 (wrong) when it is not one."""
+    if prediction in options[: len(choices)]:
+        return list(options).index(prediction)
+    return -1
+
+
+def evaluate(base_dir: str, result_file: str, split: str = "test", options: Sequence[str] = "ABCDE"):
+    """Score ``result_file`` on ``split``; return ``(results, sqa_results)`` as written to the output files."""
+    options = list(options)
+    splits = _load_json(os.path.join(base_dir, "pid_splits.json"))
+    if split not in splits:
+        raise ValueError(f"{os.path.join(base_dir, 'pid_splits.json')}: no split {split!r} "
+                         f"(found {', '.join(sorted(splits))})")
+    problems = _load_json(os.path.join(base_dir, "problems.json"))
+    predictions = {pred["question_id"]: pred for pred in _load_jsonl(result_file)}
+    missing_problems = [pid for pid in splits[split] if pid not in problems]
+    if missing_problems:
+        raise ValueError(f"{base_dir}/problems.json has no problem {missing_problems[0]!r} of split {split!r}")
+
+    results: dict[str, list] = {"correct": [], "incorrect": []}
+    sqa_results: dict = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}
+    for prob_id in splits[split]:
+        prob = problems[prob_id]
+        pred = predictions.get(prob_id, {"text": "FAILED", "prompt": "Unknown"})
+        pred_text = pred["text"]
+        answer = parse_answer_letter(pred_text, options)
+        pred_idx = get_pred_idx(answer, prob["choices"], options)
+        analysis = {
+            "question_id": prob_id,
+            "parsed_ans": answer,
+            "ground_truth": options[prob["answer"]],
+            "question": pred["prompt"],
+            "pred": pred_text,
+            "is_multimodal": "<image>" in pred["prompt"],
+        }
+        sqa_results["results"][prob_id] = pred_idx
+        sqa_results["outputs"][prob_id] = pred_text
+        results["correct" if pred_idx == prob["answer"] else "incorrect"].append(analysis)
+
+    absent = [pid for pid in splits[split] if pid not in predictions]
+    if absent:
+        print(f"Missing predictions: {len(absent)} problems of split {split!r} have no answer in {result_file} "
+              f"(counted as wrong), e.g. {absent[0]!r}", file=sys.stderr)
+    correct = len(results["correct"])
+    total = correct + len(results["incorrect"])
+    mm_correct = sum(1 for x in results["correct"] if x["is_multimodal"])
+    mm_total = mm_correct + sum(1 for x in results["incorrect"] if x["is_multimodal"])
+    accuracy = correct / total * 100 if total else 0.0
+    img_accuracy = f"{mm_correct / mm_total * 100:.2f}%" if mm_total else "n/a"
+    print(f"Total: {total}, Correct: {correct}, Accuracy: {accuracy:.2f}%, IMG-Accuracy: {img_accuracy}")
+    sqa_results.update(acc=accuracy, correct=correct, count=total)
+    return results, sqa_results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args(argv)
+    try:
+        results, sqa_results = evaluate(args.base_dir, args.result_file, args.split, args.options)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path, data in ((args.output_file, results), (args.output_result, sqa_results)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

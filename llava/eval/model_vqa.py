@@ -1,0 +1,88 @@
+"""Answer a JSONL question file, one question at a time (upstream's ``llava.eval.model_vqa``).
+
+    python -m llava.eval.model_vqa --model-path liuhaotian/llava-v1.5-13b \\
+        --question-file ./playground/data/eval/mm-vet/llava-mm-vet.jsonl \\
+        --image-folder ./playground/data/eval/mm-vet/images \\
+        --answers-file ./playground/data/eval/mm-vet/answers/llava-v1.5-13b.jsonl \\
+        --temperature 0 --conv-mode vicuna_v1 [--token-reduction prumerge+] [--num-chunks 8 --chunk-idx 0]
+
+Questions: one JSON object per line, ``{"question_id", "image", "text"}``. Answers: one line per question, in
+question order, ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}`` where ``metadata`` is
+``{"visual_tokens": [n], "token_reduction": mode}``. The answers file appears only when every question is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from ..mm_utils import load_image
+from ._generate import (
+    add_common_args,
+    answer_metadata,
+    build_prompt,
+    check_conv_mode,
+    encode_prompt,
+    generate_answers,
+    generation_kwargs,
+    load_model,
+    pixel_values,
+    run_main,
+)
+from ._io import AtomicJsonlWriter, answer_record, check_images_exist, get_chunk, image_path, read_jsonl, split_list
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "eval_model", "get_chunk", "load_questions", "main", "split_list"]
+
+QUESTION_KEYS = ("question_id", "image", "text")
+
+
+def load_questions(args) -> list[dict]:
+    """This chunk's questions, with every image checked to exist (before any model is loaded)."""
+    questions = read_jsonl(args.question_file, QUESTION_KEYS)
+    questions = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
+    check_images_exist([(q["question_id"], image_path(args.image_folder, q["image"])) for q in questions],
+                       args.question_file)
+    return questions
+
+
+def eval_model(args) -> None:
+    """Answer this chunk of ``args.question_file`` into ``args.answers_file``."""
+    check_conv_mode(args.conv_mode)
+    questions = load_questions(args)
+    loaded = load_model(args)
+    gen = generation_kwargs(args, loaded.tokenizer)
+    use_im_start_end = loaded.model.config.mm_use_im_start_end
+    with AtomicJsonlWriter(args.answers_file) as out:
+        for line in tqdm(questions):
+            qid, text = line["question_id"], line["text"]
+            path = image_path(args.image_folder, line["image"])
+            try:
+                image = load_image(path)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"question_id {qid!r}: {err}") from err
+            prompt = build_prompt(args.conv_mode, text, True, use_im_start_end)
+            images = pixel_values([image], loaded.image_processor, loaded.model.config)
+            answers, counts = generate_answers(loaded, [encode_prompt(prompt, loaded.tokenizer)], images,
+                                               [image.size], gen)
+            out.write(answer_record(qid, text, answers[0], loaded.model_name,
+                                    answer_metadata(counts[0], loaded.token_reduction)))
+    logger.info("wrote %d answers to %s", out.count, args.answers_file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Answer a JSONL question file with LLaVA (one question at a time).")
+    return add_common_args(parser, question_file="tables/question.jsonl", conv_mode="llava_v1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(eval_model, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/bin/bash
+# LLaVA-Bench (in-the-wild): answer. GPT-4 judging is not included (see the note at the end).
+#
+# Environment (all optional): MODEL_PATH (default liuhaotian/llava-v1.5-13b), MODEL_BASE (LoRA/projector-only runs),
+# CKPT (the run's name in answer paths, default llava-v1.5-13b), TOKEN_REDUCTION (none | prumerge | prumerge+),
+# TOKEN_BUDGET (fixed visual tokens per image), EVAL_DIR (default ./playground/data/eval).
+# Extra arguments go to the answering script (e.g. --device cpu --max_new_tokens 16).
+set -euo pipefail
+
+MODEL_PATH="${MODEL_PATH:-liuhaotian/llava-v1.5-13b}"
+CKPT="${CKPT:-llava-v1.5-13b}"
+EVAL_DIR="${EVAL_DIR:-./playground/data/eval}"
+MODEL_ARGS=(--model-path "$MODEL_PATH")
+if [ -n "${MODEL_BASE:-}" ]; then MODEL_ARGS+=(--model-base "$MODEL_BASE"); fi
+if [ -n "${TOKEN_REDUCTION:-}" ]; then MODEL_ARGS+=(--token-reduction "$TOKEN_REDUCTION"); fi
+if [ -n "${TOKEN_BUDGET:-}" ]; then MODEL_ARGS+=(--token-budget "$TOKEN_BUDGET"); fi
+
+python -m llava.eval.model_vqa \
+    "${MODEL_ARGS[@]}" \
+    --question-file "$EVAL_DIR/llava-bench-in-the-wild/questions.jsonl" \
+    --image-folder "$EVAL_DIR/llava-bench-in-the-wild/images" \
+    --answers-file "$EVAL_DIR/llava-bench-in-the-wild/answers/$CKPT.jsonl" \
+    --temperature 0 \
+    --conv-mode vicuna_v1 "$@"
+
+mkdir -p "$EVAL_DIR/llava-bench-in-the-wild/reviews"
+
+# Upstream then has GPT-4 review each answer against answers_gpt4.jsonl (llava/eval/eval_gpt_review_bench.py with
+# llava/eval/table/rule.json) and averages the review scores (llava/eval/summarize_gpt_review.py). Those need the
+# OpenAI API and upstream's judge prompts and are not part of this repository: run upstream's two scripts on
+# "$EVAL_DIR/llava-bench-in-the-wild/answers/$CKPT.jsonl" to score it.

@@ -1,0 +1,28 @@
+#!/bin/bash
+# TextVQA val (with OCR tokens in the prompt): answer, score.
+#
+# Environment (all optional): MODEL_PATH (default liuhaotian/llava-v1.5-13b), MODEL_BASE (LoRA/projector-only runs),
+# CKPT (the run's name in answer paths, default llava-v1.5-13b), TOKEN_REDUCTION (none | prumerge | prumerge+),
+# TOKEN_BUDGET (fixed visual tokens per image), EVAL_DIR (default ./playground/data/eval).
+# Extra arguments go to the answering script (e.g. --device cpu --max_new_tokens 16).
+set -euo pipefail
+
+MODEL_PATH="${MODEL_PATH:-liuhaotian/llava-v1.5-13b}"
+CKPT="${CKPT:-llava-v1.5-13b}"
+EVAL_DIR="${EVAL_DIR:-./playground/data/eval}"
+MODEL_ARGS=(--model-path "$MODEL_PATH")
+if [ -n "${MODEL_BASE:-}" ]; then MODEL_ARGS+=(--model-base "$MODEL_BASE"); fi
+if [ -n "${TOKEN_REDUCTION:-}" ]; then MODEL_ARGS+=(--token-reduction "$TOKEN_REDUCTION"); fi
+if [ -n "${TOKEN_BUDGET:-}" ]; then MODEL_ARGS+=(--token-budget "$TOKEN_BUDGET"); fi
+
+python -m llava.eval.model_vqa_loader \
+    "${MODEL_ARGS[@]}" \
+    --question-file "$EVAL_DIR/textvqa/llava_textvqa_val_v051_ocr.jsonl" \
+    --image-folder "$EVAL_DIR/textvqa/train_images" \
+    --answers-file "$EVAL_DIR/textvqa/answers/$CKPT.jsonl" \
+    --temperature 0 \
+    --conv-mode vicuna_v1 "$@"
+
+python -m llava.eval.eval_textvqa \
+    --annotation-file "$EVAL_DIR/textvqa/TextVQA_0.5.1_val.json" \
+    --result-file "$EVAL_DIR/textvqa/answers/$CKPT.jsonl"
