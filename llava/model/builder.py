@@ -91,9 +91,14 @@ def choose_attn_implementation(use_flash_attn: bool, attn_implementation: str | 
     return wanted
 
 
+def config_file(path: str | os.PathLike) -> Path:
+    """``path/config.json``, or ``path`` itself when it is a file (a config .json given directly)."""
+    return Path(path) if Path(path).is_file() else Path(path) / "config.json"
+
+
 def read_config_json(path: str | os.PathLike) -> dict:
-    """Read ``path/config.json`` with errors that name the file."""
-    file = Path(path) / "config.json"
+    """Read ``path/config.json`` (or the .json file ``path``) with errors that name the file."""
+    file = config_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: {path} is not a model checkpoint folder")
     try:
@@ -103,7 +108,8 @@ def read_config_json(path: str | os.PathLike) -> dict:
 
 
 def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = True):
-    """Build the LLaVA config class matching ``path/config.json`` (model_type "llava" -> ``LlavaConfig``).
+    """Build the LLaVA config class matching ``path/config.json`` (model_type "llava" -> ``LlavaConfig``);
+    ``path`` may also be the .json file itself.
 
     Raises:
         ValueError: unknown model_type, no ``mm_vision_tower``, or a local vision tower path that does not exist.
@@ -114,7 +120,7 @@ def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = T
         model_type = "llava_mistral"
     if model_type not in LLAVA_MODEL_TYPES:
         raise ValueError(
-            f"{Path(path) / 'config.json'}: model_type {model_type!r} is not a LLaVA language model "
+            f"{config_file(path)}: model_type {model_type!r} is not a LLaVA language model "
             f"(expected one of {', '.join(sorted(LLAVA_MODEL_TYPES))})"
         )
     config_class, _ = LLAVA_MODEL_TYPES[model_type]
@@ -122,7 +128,7 @@ def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = T
     if "mm_vision_tower" not in data and data.get("vision_tower"):
         data["mm_vision_tower"] = data["vision_tower"]
     if require_vision_tower:
-        check_vision_tower(data.get("mm_vision_tower"), Path(path) / "config.json")
+        check_vision_tower(data.get("mm_vision_tower"), config_file(path))
     config = config_class.from_dict(data)
     config._name_or_path = str(path)
     return config
@@ -148,7 +154,9 @@ def _model_kwargs(plan: DevicePlan, attn: str, load_8bit: bool, load_4bit: bool)
             bnb_4bit_compute_dtype=plan.dtype,
             bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=["mm_projector", "lm_head"],
+            # transformers 5 matches these from the start of the module name (or as a suffix), so the projector
+            # is "model.mm_projector" ("mm_projector" alone would match nothing and the projector got quantised)
+            llm_int8_skip_modules=["model.mm_projector", "lm_head"],
         )
     return kwargs
 
@@ -182,13 +190,15 @@ def load_pretrained_model(
         device_map / device: as upstream; CUDA falls back to CPU (fp32) when missing.
         use_flash_attn: flash-attention 2 when installed on CUDA, else sdpa with a message.
         **kwargs: ``multimodal`` (force the LLaVA path), ``attn_implementation``, ``torch_dtype``,
-            ``customized_config`` (a config object to use), ``overwrite_config`` (dict of config updates),
+            ``customized_config`` (a config object to use, or a folder / config .json path),
+            ``overwrite_config`` (dict of config updates), ``use_flash_attention_2`` (as ``use_flash_attn``),
             ``token_reduction`` / ``token_budget`` (override the checkpoint's visual-token reduction).
     Returns:
         ``(tokenizer, model, image_processor, context_len)``; ``image_processor`` is None for a plain LM.
     """
     multimodal = bool(kwargs.pop("multimodal", False))
     customized_config = kwargs.pop("customized_config", None)
+    use_flash_attn = use_flash_attn or bool(kwargs.pop("use_flash_attention_2", False))  # lmms-eval's name
     overwrite_config = kwargs.pop("overwrite_config", None) or {}
     token_reduction = kwargs.pop("token_reduction", None)
     token_budget = kwargs.pop("token_budget", None)
@@ -221,7 +231,9 @@ def load_pretrained_model(
             flag_budget=token_budget,
             config_mode=model.config.mm_token_reduction,
             config_budget=model.config.mm_token_budget,
-            checkpoint_name=f"{model_path} {model_name}",
+            # the folder's own name (and model_name), not its parents: "/work/prumerge_plus_runs/llava-v1.5-7b"
+            # is a plain checkpoint that happens to live under such a folder
+            checkpoint_name=f"{Path(model_path).name} {model_name}",
         )
         model.config.mm_token_reduction = reduction.mode
         model.config.mm_token_budget = reduction.budget
@@ -247,7 +259,12 @@ def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_co
             f"{model_path} is a LoRA checkpoint (adapter weights only): pass the base LM with --model-base "
             "(e.g. lmsys/vicuna-7b-v1.5)"
         )
-    config = customized_config if customized_config is not None else load_llava_config(model_path)
+    if customized_config is None:
+        config = load_llava_config(model_path)
+    elif isinstance(customized_config, (str, os.PathLike)):  # lmms-eval model_args give a path: folder or .json
+        config = load_llava_config(customized_config)
+    else:
+        config = customized_config
     for key, value in overwrite_config.items():
         setattr(config, key, value)
     if overwrite_config.get("mm_vision_tower"):

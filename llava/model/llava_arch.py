@@ -103,10 +103,14 @@ class LlavaMetaForCausalLM:
         """
         features = self.get_model().get_vision_tower()(images)
         projector = self.get_model().mm_projector
+        # The tower answers in the images' dtype (as upstream); callers such as lmms-eval send float16 pixels
+        # whatever the model's dtype (float32 on CPU, bfloat16...), so meet the projector's dtype here.
+        weight = next(projector.parameters(), None)
         if isinstance(features, torch.Tensor):
-            return projector(features)
+            return projector(features if weight is None else features.to(weight.dtype))
         lengths = [f.shape[0] for f in features]
-        return list(projector(torch.cat(features, dim=0)).split(lengths, dim=0))
+        stacked = torch.cat(features, dim=0)  # [sum n_i, C]
+        return list(projector(stacked if weight is None else stacked.to(weight.dtype)).split(lengths, dim=0))
 
     def _image_features_per_image(self, images) -> list[torch.Tensor]:
         """Encode a batch of images or anyres tile stacks into one ``[n_i, D]`` tensor per image.
@@ -135,7 +139,8 @@ class LlavaMetaForCausalLM:
         return out
 
     def prepare_inputs_labels_for_multimodal(
-        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
+        *, padding_side: str | None = None,
     ):
         """Embed the text and splice each image's visual tokens at its ``IMAGE_TOKEN_INDEX`` (-200).
 
@@ -144,6 +149,8 @@ class LlavaMetaForCausalLM:
             position_ids / attention_mask / labels: ``[B, T]`` or None.
             images: ``[B_img, 3, H, W]``, ``[B_img, T, 3, H, W]`` or a list (anyres).
             image_sizes: original ``(w, h)`` per image (kept for API compatibility; "flat" merge ignores it).
+            padding_side: "left" / "right" for the re-padded batch; None: ``config.tokenizer_padding_side``
+                (``generate`` passes "left": new tokens are appended on the right, so prompts must end there).
         Returns:
             ``(None, position_ids, attention_mask, past_key_values, inputs_embeds [B, T', D], labels)``, or the
             inputs unchanged (``inputs_embeds=None``) when there is nothing to splice. ``position_ids`` /
@@ -161,7 +168,7 @@ class LlavaMetaForCausalLM:
             features,
             self.get_model().embed_tokens,
             max_length=self.config.tokenizer_model_max_length,
-            padding_side=self.config.tokenizer_padding_side,
+            padding_side=padding_side or self.config.tokenizer_padding_side,
         )
         new_mask = None
         if attention_mask is not None:

@@ -82,8 +82,11 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         if inputs is None:
             raise ValueError("generate() needs the prompt token ids as `inputs`")
         if images is not None:
+            # Always left-padded here, whatever config.tokenizer_padding_side says (LLaVA-1.5 checkpoints say
+            # "right", for training): generation appends after the last position, so every prompt must end there.
             (_, position_ids, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
-                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes
+                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes,
+                padding_side="left",
             )
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
