@@ -157,7 +157,8 @@ class LlavaMetaForCausalLM:
             ``attention_mask`` / ``labels`` come back None when they were given as None.
         """
         tower = self.get_vision_tower()
-        if tower is None or images is None or input_ids.shape[1] == 1:
+        one_text_token = input_ids.shape[1] == 1 and not bool((input_ids == IMAGE_TOKEN_INDEX).any())
+        if tower is None or images is None or one_text_token:  # a decoding step: nothing to splice
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
         features = self._image_features_per_image(images)

@@ -95,7 +95,9 @@ def splice_image_features(
     counts = is_image.sum(dim=1).tolist()  # one host sync per batch
     plan = assign_images_to_samples(counts, len(image_features))
 
-    text_embeds = embed_tokens(torch.where(is_image, torch.zeros_like(input_ids), input_ids))  # [B, T, D]
+    # every -200 becomes a valid id before embedding, padded ones too (their rows are dropped below)
+    safe_ids = torch.where(input_ids == image_token_index, torch.zeros_like(input_ids), input_ids)
+    text_embeds = embed_tokens(safe_ids)  # [B, T, D]
     if labels is None:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
 

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPM
 
 from ..model.configuration_llava import LlavaConfig
 from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
-from ..model.token_reduction import validate_mode
+from ..model.token_reduction import add_token_reduction_args
 from .tiny_tokenizer import build_sentencepiece_llama_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -222,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out_dir", help="folder to write the CLIP and LLaVA checkpoints into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--projector-type", default="mlp2x_gelu")
-    parser.add_argument("--token-reduction", type=validate_mode, default=None,
-                        help="write mm_token_reduction into config.json (default: leave it unset)")
-    parser.add_argument("--token-budget", type=int, default=None)
+    add_token_reduction_args(parser)  # written into config.json as mm_token_reduction / mm_token_budget
     parser.add_argument("--name", default=LLAVA_DIRNAME, help="name of the LLaVA folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

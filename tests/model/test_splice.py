@@ -372,3 +372,23 @@ def test_prepare_inputs_mismatch_on_the_model(own_model, demo_image):
     input_ids = torch.tensor([[1, 5, IMG, 6]])  # 1 <image>
     with pytest.raises(ValueError, match=r"1 <image> tokens .* 2 images were given"):
         model.prepare_inputs_labels_for_multimodal(input_ids, None, None, None, None, pixels)
+
+
+def test_image_token_inside_padding_is_ignored():
+    """A -200 where the attention mask is 0 is padding: not counted, not embedded, no crash."""
+    ids = torch.tensor([[IMG, 1, 5, IMG, 6]])
+    mask = torch.tensor([[0, 1, 1, 1, 1]])
+    out = splice_image_features(ids, mask, None, [image_rows(100, 3, 1)], make_embedding())
+    assert out.inputs_embeds[0].tolist() == [tok(1), tok(5), *rows_a(), tok(6)]
+    assert out.attention_mask.tolist() == [[True] * 6]
+
+
+def test_generate_from_a_prompt_that_is_only_the_image(tiny_loaded, demo_image):
+    """A one-token prompt made of the image token is spliced (it is not a decoding step)."""
+    from llava.mm_utils import process_images
+
+    _, model, image_processor, _ = tiny_loaded
+    pixels = process_images([demo_image], image_processor, model.config)
+    new = model.generate(torch.tensor([[IMG]]), images=pixels, max_new_tokens=2, do_sample=False)
+    assert new.shape == (1, 2)
+    assert model.last_visual_token_counts[0] > 1
