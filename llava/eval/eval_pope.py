@@ -1,5 +1,5 @@
-"""Score POPE yes/no answers per category (upstream's ``llava/eval/eval_pope.py``; standard library only, so it
-also runs as ``python llava/eval/eval_pope.py``).
+"""Score POPE yes/no answers per category (upstream's ``llava/eval/eval_pope.py``; no torch, and it
+runs as ``python llava/eval/eval_pope.py`` with the package installed).
 
     python llava/eval/eval_pope.py \\
         --annotation-dir ./playground/data/eval/pope/coco \\
@@ -22,21 +22,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from llava.eval._io import read_jsonl
+
 _PREFIX, _SUFFIX = "coco_pope_", ".json"
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    return rows
 
 
 def parse_yes_no(text: str) -> str:
@@ -69,7 +57,7 @@ def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float
 
 def eval_pope(answers: Sequence[dict], label_file: str) -> dict[str, float]:
     """Print and return the metrics of ``answers`` (in question order) against ``label_file``'s labels."""
-    rows = _read_jsonl(label_file)
+    rows = read_jsonl(label_file)
     if any("label" not in row for row in rows):
         raise ValueError(f"{label_file}: every line needs a 'label' (\"yes\" or \"no\")")
     labels = [row["label"] for row in rows]
@@ -91,11 +79,11 @@ def eval_pope(answers: Sequence[dict], label_file: str) -> dict[str, float]:
 def evaluate(annotation_dir: str, question_file: str, result_file: str) -> dict[str, dict[str, float]]:
     """Metrics per category (in sorted file order), printed as upstream prints them."""
     questions = {}
-    for q in _read_jsonl(question_file):
+    for q in read_jsonl(question_file):
         if "question_id" not in q or "category" not in q:
             raise ValueError(f"{question_file}: every question needs 'question_id' and 'category', got {q}")
         questions[q["question_id"]] = q
-    answers = _read_jsonl(result_file)
+    answers = read_jsonl(result_file)
     for answer in answers:
         if "question_id" not in answer or "text" not in answer:
             raise ValueError(f"{result_file}: every answer needs 'question_id' and 'text', got {answer}")

@@ -1,5 +1,5 @@
-"""Score ScienceQA answers (upstream's ``llava/eval/eval_science_qa.py``; standard library only, so it also runs
-as ``python llava/eval/eval_science_qa.py``).
+"""Score ScienceQA answers (upstream's ``llava/eval/eval_science_qa.py``; no torch, and it runs
+as ``python llava/eval/eval_science_qa.py`` with the package installed).
 
     python llava/eval/eval_science_qa.py \\
         --base-dir ./playground/data/eval/scienceqa \\
@@ -25,6 +25,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from llava.eval._io import read_jsonl
+
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
@@ -48,20 +50,6 @@ def _load_json(path: str):
             return json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
-
-
-def _load_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    return rows
 
 
 def parse_answer_letter(pred_text: str, options: Sequence[str]) -> str:
@@ -89,7 +77,7 @@ def evaluate(base_dir: str, result_file: str, split: str = "test", options: Sequ
         raise ValueError(f"{os.path.join(base_dir, 'pid_splits.json')}: no split {split!r} "
                          f"(found {', '.join(sorted(splits))})")
     problems = _load_json(os.path.join(base_dir, "problems.json"))
-    predictions = {pred["question_id"]: pred for pred in _load_jsonl(result_file)}
+    predictions = {pred["question_id"]: pred for pred in read_jsonl(result_file)}
     missing_problems = [pid for pid in splits[split] if pid not in problems]
     if missing_problems:
         raise ValueError(f"{base_dir}/problems.json has no problem {missing_problems[0]!r} of split {split!r}")
