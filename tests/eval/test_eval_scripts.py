@@ -39,8 +39,17 @@ def test_script_parses_and_references_existing_code(name):
             continue
         path = REPO / file.replace("$REPO_ROOT/", "")
         assert path.is_file(), f"{name}.sh runs missing file {file}"
-    assert "--token-reduction \"$TOKEN_REDUCTION\"" in text and "--token-budget \"$TOKEN_BUDGET\"" in text
+    assert 'source "$(dirname "${BASH_SOURCE[0]}")/_model_args.sh"' in code  # the shared environment handling
     assert "\"${MODEL_ARGS[@]}\"" in code
+
+
+def test_shared_model_args_pass_the_reduction_flags():
+    shared = SCRIPTS / "_model_args.sh"
+    assert subprocess.run(["bash", "-n", str(shared)]).returncode == 0
+    probe = (f'TOKEN_REDUCTION=prumerge+ TOKEN_BUDGET=64 MODEL_BASE=/b source "{shared}"; '
+             'printf "%s|" "${MODEL_ARGS[@]}" "$CKPT"')
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out == "--model-path|liuhaotian/llava-v1.5-13b|--model-base|/b|--token-reduction|prumerge+|--token-budget|64|llava-v1.5-13b|"
 
 
 FAKE_PYTHON = """#!/bin/bash

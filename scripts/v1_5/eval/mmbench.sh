@@ -7,13 +7,7 @@
 # Extra arguments go to the answering script (e.g. --device cpu --max_new_tokens 16).
 set -euo pipefail
 
-MODEL_PATH="${MODEL_PATH:-liuhaotian/llava-v1.5-13b}"
-CKPT="${CKPT:-llava-v1.5-13b}"
-EVAL_DIR="${EVAL_DIR:-./playground/data/eval}"
-MODEL_ARGS=(--model-path "$MODEL_PATH")
-if [ -n "${MODEL_BASE:-}" ]; then MODEL_ARGS+=(--model-base "$MODEL_BASE"); fi
-if [ -n "${TOKEN_REDUCTION:-}" ]; then MODEL_ARGS+=(--token-reduction "$TOKEN_REDUCTION"); fi
-if [ -n "${TOKEN_BUDGET:-}" ]; then MODEL_ARGS+=(--token-budget "$TOKEN_BUDGET"); fi
+source "$(dirname "${BASH_SOURCE[0]}")/_model_args.sh"  # MODEL_PATH, CKPT, EVAL_DIR, MODEL_ARGS
 
 SPLIT="mmbench_dev_20230712"
 
