@@ -241,3 +241,36 @@ def save_tokenizer(tokenizer: Any, save_directory: str | os.PathLike) -> None:
         json.dump(config, f, indent=2, ensure_ascii=False)
         f.write("\n")
     os.replace(config_path + ".tmp", config_path)
+
+
+_LLAMA_TOKENIZER_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
+
+
+def _declared_tokenizer_class(name_or_path: str, **kwargs: Any) -> str | None:
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    try:
+        return get_tokenizer_config(name_or_path, **kwargs).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+
+
+def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, model_max_length: int | None = None,
+                   padding_side: str | None = None) -> Any:
+    """The checkpoint's tokenizer, as a ``LlamaTokenizer`` when its ``tokenizer_config.json`` says so.
+
+    ``AutoTokenizer`` on a folder whose ``config.json`` says ``model_type: "llava"`` (every released LLaVA-1.5
+    checkpoint) ignores the declared ``LlamaTokenizer`` and builds a generic tokenizers class that drops Llama's
+    word-start marker on the first word (``"The"`` -> ``T he`` instead of ``▁The``): ids the model never saw.
+    """
+    import transformers
+
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+    if padding_side is not None:
+        kwargs["padding_side"] = padding_side
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    declared = _declared_tokenizer_class(name_or_path, cache_dir=cache_dir)
+    if declared in _LLAMA_TOKENIZER_CLASSES:
+        return transformers.LlamaTokenizer.from_pretrained(name_or_path, **kwargs)
+    return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)

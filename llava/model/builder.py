@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+from .._tokenization import load_tokenizer
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from .checkpoint_io import load_projector_weights, load_non_lora_trainables
 from .configuration_llava import LlavaConfig, LlavaMistralConfig
@@ -272,11 +273,11 @@ def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_co
     model_class = LLAVA_MODEL_TYPES[config.model_type][1]
 
     if model_base is None:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = load_tokenizer(model_path)
         model = _from_pretrained(model_class, model_path, config=config, **model_kwargs)
         return tokenizer, model
 
-    tokenizer = AutoTokenizer.from_pretrained(model_base)
+    tokenizer = load_tokenizer(model_base)
     logger.info("loading the base LM from %s", model_base)
     model = _from_pretrained(model_class, model_base, config=config, **model_kwargs)
     if is_lora:
@@ -308,9 +309,9 @@ def _merge_lora(model, model_path: str):
 def _load_language_model(model_path, model_base, model_kwargs):
     """A plain causal LM (no vision), optionally a LoRA on ``model_base``."""
     if model_base is None:
-        return AutoTokenizer.from_pretrained(model_path), _from_pretrained(AutoModelForCausalLM, model_path,
+        return load_tokenizer(model_path), _from_pretrained(AutoModelForCausalLM, model_path,
                                                                            **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model_base)
+    tokenizer = load_tokenizer(model_base)
     model = _from_pretrained(AutoModelForCausalLM, model_base, **model_kwargs)
     return tokenizer, _merge_lora(model, model_path)
 

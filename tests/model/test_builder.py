@@ -505,3 +505,14 @@ def test_lora_on_a_plain_language_model(base_lm, tmp_path):
     assert image_processor is None and type(merged) is LlamaForCausalLM
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_loader_tokenizes_like_the_sentencepiece_model(tiny_checkpoint):
+    """config.json says model_type "llava": the tokenizer must still be the declared Llama one, giving the ids of
+    the checkpoint's own sentencepiece model (AutoTokenizer alone would give '<s> T he' for 'The')."""
+    import sentencepiece as spm
+
+    tokenizer, _, _, _ = load_pretrained_model(str(tiny_checkpoint), None, "llava-v1.5-tiny", device="cpu")
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoint / "tokenizer.model"))
+    for text in ("The cat", "USER: What is the color of the dog? ASSISTANT:", "A chat between a curious user"):
+        assert tokenizer(text).input_ids == [sp.bos_id(), *sp.encode(text)]

@@ -1,0 +1,157 @@
+"""``LLaVATrainer``: ``transformers.Trainer`` with LLaVA's sampler, projector learning rate and saving rules.
+
+* ``--group_by_modality_length``: batches of image samples and of text-only samples, each grouped by length.
+* ``--mm_projector_lr``: the projector gets its own learning rate (4 parameter groups: decay / no decay x
+  projector / rest).
+* ``tune_mm_mlp_adapter=True`` (pretraining): checkpoints and the final save hold only ``mm_projector.bin``.
+* Full checkpoints leave out the frozen CLIP weights and save the tokenizer with its ``tokenizer.model``.
+* LoRA ``checkpoint-N`` folders also get ``non_lora_trainables.bin`` and ``config.json``, so they load.
+
+The ZeRO-3 gathering helpers live in ``param_gather`` and are re-exported here under upstream's names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+
+from .param_gather import (
+    get_mm_adapter_state_maybe_zero_3,
+    get_peft_state_maybe_zero_3,
+    get_peft_state_non_lora_maybe_zero_3,
+    maybe_zero_3,
+)
+from .sampler import (
+    LengthGroupedSampler,
+    get_length_grouped_indices,
+    get_modality_length_grouped_indices,
+    split_to_even_chunks,
+)
+from .saving import save_non_lora_trainables, save_projector, save_tokenizer_files, without_frozen_vision_tower
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LLaVATrainer",
+    "LengthGroupedSampler",
+    "get_length_grouped_indices",
+    "get_mm_adapter_state_maybe_zero_3",
+    "get_modality_length_grouped_indices",
+    "get_peft_state_maybe_zero_3",
+    "get_peft_state_non_lora_maybe_zero_3",
+    "maybe_zero_3",
+    "projector_param_groups",
+    "split_to_even_chunks",
+]
+
+
+def projector_param_groups(
+    named_params: list[tuple[str, torch.nn.Parameter]],
+    decay_names: set[str],
+    weight_decay: float,
+    projector_lr: float,
+) -> list[dict[str, Any]]:
+    """Optimizer groups for trainable parameters: (decay, no decay) x (rest, projector at ``projector_lr``).
+
+    Empty groups are left out.
+    """
+    groups = []
+    for in_projector in (False, True):
+        for decay in (True, False):
+            params = [p for n, p in named_params
+                      if p.requires_grad and ("mm_projector" in n) == in_projector and (n in decay_names) == decay]
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+            if in_projector:
+                group["lr"] = projector_lr
+            groups.append(group)
+    return groups
+
+
+class LLaVATrainer(Trainer):
+    """``Trainer`` for LLaVA runs.
+
+    Args (besides ``Trainer``'s):
+        tune_mm_mlp_adapter: projector-only run: save ``mm_projector.bin`` instead of model weights.
+        use_im_start_end: the run added ``<im_start>``/``<im_end>``: projector-only saves include the embeddings.
+        tokenizer: accepted as an alias of ``processing_class`` (upstream passes ``tokenizer=``).
+    """
+
+    def __init__(self, *args: Any, tune_mm_mlp_adapter: bool = False, use_im_start_end: bool = False,
+                 tokenizer: Any = None, **kwargs: Any) -> None:
+        if tokenizer is not None:
+            kwargs.setdefault("processing_class", tokenizer)
+        super().__init__(*args, **kwargs)
+        self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
+        self.use_im_start_end = use_im_start_end
+
+    # ------------------------------------------------------------------ sampling
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is None or not has_length(dataset) or not getattr(self.args, "group_by_modality_length", False):
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths,
+            seed=self.args.seed,
+            group_by_modality=True,
+        )
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model=None):
+        projector_lr = getattr(self.args, "mm_projector_lr", None)
+        if self.optimizer is not None or projector_lr is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = projector_param_groups(list(opt_model.named_parameters()),
+                                        set(self.get_decay_parameter_names(opt_model)),
+                                        self.args.weight_decay, projector_lr)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        clashing = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if clashing:
+            raise ValueError(f"--mm_projector_lr cannot be combined with --optim {self.args.optim} "
+                             f"(it builds its own parameter groups: {sorted(clashing)})")
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        logger.info("optimizer groups: %s", [(len(g["params"]), g.get("lr", self.args.learning_rate)) for g in groups])
+        return self.optimizer
+
+    # ------------------------------------------------------------------ saving
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
+        if self.tune_mm_mlp_adapter:
+            save_projector(self.model, output_dir, use_im_start_end=self.use_im_start_end,
+                           is_main_process=self.args.should_save)
+            return None
+        result = super()._save_checkpoint(model, trial, *args, **kwargs)
+        if _is_peft(self.model):
+            save_non_lora_trainables(self.model, output_dir, is_main_process=self.args.should_save)
+        return result
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.tune_mm_mlp_adapter:
+            return  # projector-only runs write mm_projector.bin (save_projector), never full weights
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is None and not _is_peft(self.model):
+            state_dict = self.model.state_dict()
+        if state_dict is not None and not _is_peft(self.model):
+            state_dict = without_frozen_vision_tower(self.model, state_dict)
+        super()._save(output_dir, state_dict=state_dict)
+        tokenizer = self.processing_class
+        if self.args.should_save and tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            save_tokenizer_files(tokenizer, output_dir)
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)

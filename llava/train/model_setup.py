@@ -1,0 +1,264 @@
+"""Building the model and tokenizer for a training run, step by step (upstream ``train()``'s model surgery).
+
+Order matters and is upstream's: load the language model (quantised when ``--bits`` 4/8) -> freeze rules ->
+input-gradient hook for activation checkpointing -> LoRA on every language-model Linear -> tokenizer -> vision
+tower and projector (after LoRA, so LoRA never wraps CLIP or the projector) -> which parts train.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .._tokenization import load_tokenizer
+from ..model.builder import LLAVA_MODEL_TYPES, load_llava_config
+from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
+from .args import DataArguments, ModelArguments, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+#: modules LoRA never wraps (find_all_linear_names), as upstream
+MULTIMODAL_MODULE_KEYWORDS = ("mm_projector", "vision_tower", "vision_resampler")
+
+
+def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """float16 with ``--fp16``, bfloat16 with ``--bf16``, else float32."""
+    if training_args.fp16:
+        return torch.float16
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """dtype the weights are loaded in: bfloat16 with ``--bf16``, else float32 (fp16 runs keep fp32 master weights)."""
+    return torch.bfloat16 if training_args.bf16 else torch.float32
+
+
+def quantization_kwargs(training_args: TrainingArguments) -> dict[str, Any]:
+    """``from_pretrained`` kwargs that load the language model in 4 or 8 bits (``--bits``); {} for 16."""
+    if training_args.bits not in (4, 8):
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "device_map": {"": training_args.device},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=training_args.bits == 4,
+            load_in_8bit=training_args.bits == 8,
+            # transformers 5 matches these from the start of the module name (or as a suffix): the projector is
+            # "model.mm_projector.0", so a bare "mm_projector" would not keep it out of quantisation.
+            llm_int8_skip_modules=["model.mm_projector", "lm_head"],
+            llm_int8_threshold=6.0,
+            llm_int8_has_fp16_weight=False,
+            bnb_4bit_compute_dtype=compute_dtype(training_args),
+            bnb_4bit_use_double_quant=training_args.double_quant,
+            bnb_4bit_quant_type=training_args.quant_type,
+        ),
+    }
+
+
+def config_folder(name_or_path: str, cache_dir: str | None = None) -> Path | None:
+    """The folder holding ``config.json`` of a local checkpoint or (downloaded or cached) hub checkpoint."""
+    if (Path(name_or_path) / "config.json").is_file():
+        return Path(name_or_path)
+    from transformers.utils import cached_file
+
+    try:
+        file = cached_file(name_or_path, "config.json", cache_dir=cache_dir)
+    except OSError:
+        return None
+    return Path(file).parent if file else None
+
+
+def load_language_model(model_args: ModelArguments, training_args: TrainingArguments,
+                        attn_implementation: str | None) -> Any:
+    """Load ``--model_name_or_path``: a LLaVA class when ``--vision_tower`` is set, else a plain causal LM.
+
+    The checkpoint's config picks the class (Llama or Mistral based); LLaVA-1.5 checkpoints (model_type
+    "llava") load with their projector (and the CLIP tower named in their config, loaded later).
+    """
+    kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir, "dtype": load_dtype(training_args),
+                              **quantization_kwargs(training_args)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    name = model_args.model_name_or_path
+    if model_args.vision_tower is None:
+        return transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    folder = config_folder(name, training_args.cache_dir)
+    if folder is None:  # no config.json to read: let from_pretrained report it, with the Llama-based class
+        return LlavaLlamaForCausalLM.from_pretrained(name, **kwargs)
+    config = load_llava_config(folder, require_vision_tower=False)
+    model_class = LLAVA_MODEL_TYPES[config.model_type][1]
+    return model_class.from_pretrained(name, config=config, **kwargs)
+
+
+def find_all_linear_names(model: torch.nn.Module) -> list[str]:
+    """Suffixes of every ``nn.Linear`` outside the projector / vision tower, minus ``lm_head``: LoRA's targets."""
+    names = set()
+    for name, module in model.named_modules():
+        if any(keyword in name for keyword in MULTIMODAL_MODULE_KEYWORDS):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            names.add(name.split(".")[-1])
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def apply_lora(model: Any, training_args: TrainingArguments) -> Any:
+    """Wrap ``model`` with LoRA adapters (``--lora_r``, ``--lora_alpha``, ...); returns the PEFT model."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("--lora_enable needs peft: pip install 'llava[train]'") from err
+    if training_args.lora_weight_path:
+        logger.warning("--lora_weight_path is ignored (as upstream): the adapter starts from scratch")
+    config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=find_all_linear_names(model),
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    if training_args.bits == 16 and (training_args.bf16 or training_args.fp16):
+        model.to(compute_dtype(training_args))
+    return get_peft_model(model, config)
+
+
+def smart_tokenizer_and_embedding_resize(special_tokens: dict[str, str], tokenizer: Any, model: Any) -> None:
+    """Add special tokens and grow the embeddings; new rows start at the mean of the old ones."""
+    added = tokenizer.add_special_tokens(special_tokens)
+    model.resize_token_embeddings(len(tokenizer))
+    if added > 0:
+        for matrix in (model.get_input_embeddings().weight.data, model.get_output_embeddings().weight.data):
+            matrix[-added:] = matrix[:-added].mean(dim=0, keepdim=True)
+
+
+def configure_padding(tokenizer: Any, model: Any, version: str | None) -> None:
+    """Upstream's pad-token rule: ``v0`` adds ``[PAD]`` when missing; every other version pads with ``<unk>``."""
+    if version == "v0":
+        if tokenizer.pad_token is None:
+            smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+        return
+    if tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    elif tokenizer.pad_token is None:
+        logger.warning("the tokenizer has neither an unk nor a pad token: padding with %s", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_args: DataArguments,
+                 training_args: TrainingArguments) -> Any:
+    """Load the vision tower and projector, record the multimodal settings in the config, set what trains.
+
+    Returns:
+        the tower's image processor.
+    """
+    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp or None)
+    tower = model.get_vision_tower()
+    tower.to(dtype=compute_dtype(training_args), device=training_args.device)
+    if training_args.should_log:
+        logger.info("vision tower %s: %s", tower.vision_tower_name, tower.token_reduction.describe())
+
+    config = model.config
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.image_grid_pinpoints = data_args.image_grid_pinpoints
+    config.tokenizer_padding_side = tokenizer.padding_side
+    config.tokenizer_model_max_length = tokenizer.model_max_length
+    config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
+    config.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    config.mm_projector_lr = training_args.mm_projector_lr
+
+    projector = model.get_model().mm_projector
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+        projector.requires_grad_(True)
+    if training_args.freeze_mm_mlp_adapter:
+        projector.requires_grad_(False)
+    if training_args.bits in (4, 8):
+        projector.to(dtype=compute_dtype(training_args), device=training_args.device)
+    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+    return tower.image_processor
+
+
+def cast_for_kbit(model: Any, training_args: TrainingArguments) -> None:
+    """After 4/8-bit loading: LoRA layers in bf16 (with --bf16), norms in fp32, bf16 lm_head/embeddings."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and training_args.bf16:
+            module.to(torch.bfloat16)
+        if "norm" in name:
+            module.to(torch.float32)
+        if ("lm_head" in name or "embed_tokens" in name) and hasattr(module, "weight"):
+            if training_args.bf16 and module.weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts (ZeRO-3 partitioned parameters counted at full size)."""
+    def numel(p: torch.nn.Parameter) -> int:
+        return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
+
+
+def ensure_deepspeed_comm(training_args: TrainingArguments) -> None:
+    """Initialise ``deepspeed.comm`` on the existing process group before ZeRO-3 builds the model.
+
+    On GPUs, accelerate does this when the training arguments are set up. With ``--use_cpu True`` (DeepSpeed's
+    CPU path) it does not, and ZeRO-3's ``zero.Init`` would then see a world of one process.
+    """
+    if not training_args.deepspeed or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+def build_model_and_tokenizer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    attn_implementation: str | None,
+) -> tuple[Any, Any, Any]:
+    """Everything before the Trainer: ``(model, tokenizer, image_processor or None)``."""
+    ensure_deepspeed_comm(training_args)
+    model = load_language_model(model_args, training_args, attn_implementation)
+    model.config.use_cache = False
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    if training_args.bits in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(training_args.activation_checkpointing)
+        )
+    if training_args.activation_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path, cache_dir=training_args.cache_dir,
+                               model_max_length=training_args.model_max_length, padding_side="right")
+    configure_padding(tokenizer, model, model_args.version)
+
+    image_processor = None
+    if model_args.vision_tower is not None:
+        image_processor = setup_vision(model, tokenizer, model_args, data_args, training_args)
+    if training_args.bits in (4, 8):
+        cast_for_kbit(model, training_args)
+    if training_args.should_log:
+        trainable, total = count_parameters(model)
+        logger.info("parameters: %d trainable of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+    return model, tokenizer, image_processor
+

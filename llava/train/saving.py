@@ -1,0 +1,134 @@
+"""What a training run writes, in the layout ``llava.model.builder.load_pretrained_model`` reads.
+
+* LoRA runs (``--lora_enable``): the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``),
+  ``non_lora_trainables.bin`` (the other trained weights, keys ``base_model.model.model.mm_projector.0.weight``)
+  and ``config.json`` (written last: a folder without it is not a finished checkpoint).
+* Projector-only runs (``--tune_mm_mlp_adapter``): ``mm_projector.bin`` (keys ``model.mm_projector.*``) and
+  ``config.json``; for ``checkpoint-N`` folders, also ``<run>/mm_projector/checkpoint-N.bin`` as upstream.
+* Full runs: ``model.safetensors`` + ``config.json`` + the tokenizer, without the frozen CLIP weights (they are
+  loaded from ``mm_vision_tower``).
+
+Files written here go to a temporary name first and are renamed into place. Every function that reads
+parameters must be called on all ranks (ZeRO-3 gathers are collective); only ``is_main_process`` writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..mm_utils import save_tokenizer
+from .param_gather import (
+    get_mm_adapter_state_maybe_zero_3,
+    get_peft_state_maybe_zero_3,
+    get_peft_state_non_lora_maybe_zero_3,
+)
+
+logger = logging.getLogger(__name__)
+
+VISION_TOWER_PREFIX = "model.vision_tower."
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path.tmp``, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_config(config: Any, output_dir: str | os.PathLike) -> None:
+    """``config.save_pretrained`` into a temporary folder, then ``config.json`` renamed into ``output_dir``.
+
+    A ``quantization_config`` (a ``--bits 4/8`` run) is left out: these configs go with adapter or projector
+    weights that are applied to a full-precision base model, which the loader would otherwise quantise.
+    """
+    if getattr(config, "quantization_config", None) is not None:
+        config = copy.deepcopy(config)
+        del config.quantization_config
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = output_dir / ".config.tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    try:
+        config.save_pretrained(tmp_dir)
+        os.replace(tmp_dir / "config.json", output_dir / "config.json")
+    finally:
+        for leftover in tmp_dir.iterdir():
+            leftover.unlink()
+        tmp_dir.rmdir()
+
+
+def projector_keys(use_im_start_end: bool = False) -> list[str]:
+    """Names of what a projector-only run trains: the projector (and the embeddings when it adds tokens)."""
+    keys = ["mm_projector", "vision_resampler"]
+    if use_im_start_end:
+        keys += ["embed_tokens", "embed_in"]
+    return keys
+
+
+def save_projector(model: Any, output_dir: str | os.PathLike, *, use_im_start_end: bool = False,
+                   is_main_process: bool = True) -> None:
+    """Write ``mm_projector.bin`` (and ``config.json``) for a ``--tune_mm_mlp_adapter`` run.
+
+    A ``checkpoint-N`` folder also gets its copy in ``<run>/mm_projector/checkpoint-N.bin`` (upstream's layout).
+    """
+    state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), projector_keys(use_im_start_end))
+    if not is_main_process:
+        return
+    output_dir = Path(output_dir)
+    atomic_torch_save(state, output_dir / "mm_projector.bin")
+    if output_dir.name.startswith("checkpoint-"):
+        atomic_torch_save(state, output_dir.parent / "mm_projector" / f"{output_dir.name}.bin")
+    save_config(model.config, output_dir)
+    logger.info("saved %d projector tensors to %s", len(state), output_dir / "mm_projector.bin")
+
+
+def save_lora_checkpoint(model: Any, output_dir: str | os.PathLike, *, lora_bias: str = "none",
+                         is_main_process: bool = True) -> None:
+    """Write the LoRA adapter, ``non_lora_trainables.bin`` and ``config.json`` of a PEFT-wrapped LLaVA model."""
+    lora_state = get_peft_state_maybe_zero_3(model.named_parameters(), lora_bias)
+    non_lora_state = get_peft_state_non_lora_maybe_zero_3(model.named_parameters())
+    if not is_main_process:
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, state_dict=lora_state)
+    logger.info("saved the LoRA adapter (%d tensors) to %s", len(lora_state), output_dir)
+    _write_non_lora(non_lora_state, model.config, Path(output_dir))
+
+
+def save_non_lora_trainables(model: Any, output_dir: str | os.PathLike, *, is_main_process: bool = True) -> None:
+    """Write ``non_lora_trainables.bin`` and then ``config.json`` beside a LoRA adapter (also in checkpoint-N
+    folders, which upstream left without them, so that they load like the final output)."""
+    non_lora_state = get_peft_state_non_lora_maybe_zero_3(model.named_parameters())
+    if is_main_process:
+        _write_non_lora(non_lora_state, model.config, Path(output_dir))
+
+
+def _write_non_lora(state: dict[str, torch.Tensor], config: Any, output_dir: Path) -> None:
+    atomic_torch_save(state, output_dir / "non_lora_trainables.bin")
+    save_config(config, output_dir)  # last: a folder without config.json is not a finished checkpoint
+    logger.info("saved %d non-LoRA trained tensors and config.json to %s", len(state), output_dir)
+
+
+def without_frozen_vision_tower(model: Any, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` minus the CLIP weights when the tower is frozen (checkpoints load them from the tower path)."""
+    tower_trained = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(VISION_TOWER_PREFIX))
+    if tower_trained:
+        return state_dict
+    return {k: v for k, v in state_dict.items() if not k.startswith(VISION_TOWER_PREFIX)}
+
+
+def save_tokenizer_files(tokenizer: Any, output_dir: str | os.PathLike) -> None:
+    """Save the tokenizer so that it reloads with the ids it trained with (``tokenizer.model`` kept, see mm_utils)."""
+    save_tokenizer(tokenizer, output_dir)
