@@ -41,7 +41,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "PruMergeOutput",
@@ -323,21 +322,25 @@ def prumerge(
 
     with torch.no_grad():
         centres = out_order[:, :P]  # [B, P] centres first; rows with fewer centres are padded, sliced off below
-        unit_keys = F.normalize(keys.detach().float(), p=2, dim=-1)  # [B, N, Ck]
-        centre_keys = unit_keys.gather(1, centres.unsqueeze(-1).expand(-1, -1, unit_keys.shape[-1]))  # [B, P, Ck]
-        similarity = torch.bmm(centre_keys, unit_keys.transpose(1, 2))  # [B, P, N] cosine
+        all_keys = keys.detach().float()  # [B, N, Ck]
+        inverse_norm = torch.linalg.vector_norm(all_keys, dim=-1).clamp_min(1e-12).reciprocal()  # [B, N]
+        centre_keys = all_keys.gather(1, centres.unsqueeze(-1).expand(-1, -1, all_keys.shape[-1]))  # [B, P, Ck]
+        # k_i . k_j / |k_j|: the cosine up to the factor 1 / |k_i|, which is the same along a row, so each row's
+        # top-k neighbours are the cosine ones without normalising every key
+        similarity = torch.bmm(centre_keys, all_keys.transpose(1, 2)).mul_(inverse_norm.unsqueeze(1))  # [B, P, N]
         similarity.scatter_(-1, centres.unsqueeze(-1), float("-inf"))  # a centre is not its own neighbour
         neighbours = similarity.topk(n_neighbors, dim=-1).indices  # [B, P, n_neighbors]
 
-    # differentiable part: gathers and weighted sums of features (and of cls_attn as weights)
+    # Differentiable part (w.r.t. features and cls_attn): one merge matrix, one bmm. Row i < P holds the neighbour
+    # weights a_j and a 1 at the centre's own column (x_i' = x_i + sum a_j x_j); row P the pruned patches' weights.
     weights = cls_attn.to(features.dtype)  # [B, N]
-    neighbour_weights = weights.unsqueeze(1).expand(-1, P, -1).gather(-1, neighbours)  # [B, P, n_neighbors]
-    merge_matrix = features.new_zeros(B, P, N).scatter(-1, neighbours, neighbour_weights)  # [B, P, N]
-    centre_features = features.gather(1, centres.unsqueeze(-1).expand(-1, -1, C))  # [B, P, C]
-    merged = centre_features + torch.bmm(merge_matrix, features)  # [B, P, C]
-    pruned_weights = weights.masked_fill(centre, 0.0)  # [B, N] attention of the patches that are not centres
-    extra = torch.bmm(pruned_weights.unsqueeze(1), features)  # [B, 1, C]
+    neighbour_weights = weights.gather(-1, neighbours.flatten(1)).view_as(neighbours)  # [B, P, n_neighbors]
+    merge_matrix = features.new_zeros(B, P + 1, N)
+    merge_matrix[:, :P].scatter_(-1, neighbours, neighbour_weights)
+    merge_matrix[:, :P].scatter_(-1, centres.unsqueeze(-1), 1.0)
+    merge_matrix[:, P] = weights.masked_fill(centre, 0.0)
+    merged = torch.bmm(merge_matrix, features)  # [B, P + 1, C]: the centres, then the extra token
 
-    tokens = [torch.cat([merged[b, :n], extra[b]], dim=0) for b, n in enumerate(n_centres)]  # [n + 1, C] each
+    tokens = [torch.cat([merged[b, :n], merged[b, P:]], dim=0) for b, n in enumerate(n_centres)]  # [n + 1, C]
     kept = [centres[b, :n] for b, n in enumerate(n_centres)]  # [n] each
     return PruMergeOutput(tokens=tokens, kept=kept)

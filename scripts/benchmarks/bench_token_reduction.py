@@ -1,0 +1,968 @@
+#!/usr/bin/env python
+"""Benchmark PruMerge / PruMerge+ visual-token reduction and write ``docs/benchmarks.md`` with its plots.
+
+    python scripts/benchmarks/bench_token_reduction.py                # full run, CPU fp32 (~4 min on 2 idle cores)
+    python scripts/benchmarks/bench_token_reduction.py --quick        # fewer repeats, tower at batch 1 only
+    python scripts/benchmarks/bench_token_reduction.py --device cuda --dtype float16   # the GPU figures
+
+Three measurements:
+
+1. ``prumerge`` (the vectorised op) against a per-token loop written here after the published code
+   (github.com/42Shawn/LLaVA-PruMerge, ``token_prune_merge_advanced[_plus]``), at B = 1, 8, 32, N = 576,
+   C = 1024, on synthetic CLS attention (Gaussian logits, see ``synthetic_attention``). Target: >= 50x at B = 8.
+2. The CLIP ViT-L/14-336 tower (random weights) through ``CLIPVisionTower``: upstream's full 24-layer forward with
+   ``output_hidden_states``, our 23-layer "none", "prumerge" and "prumerge+". Target: reduction <= 3 % of "none".
+3. The distribution of kept counts over many images' synthetic attention, and the budget settings 64/128/192.
+
+The markdown is regenerated on every run (written to a temporary name, then renamed). It holds one block per
+device kind between ``<!-- bench:cpu:begin/end -->`` / ``<!-- bench:gpu:begin/end -->`` markers: a run replaces
+its own device's block and keeps the other one, so CPU and GPU figures live side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # runnable from a clean clone without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from llava.model.multimodal_encoder.prumerge import prumerge  # noqa: E402
+
+SCRIPT = "scripts/benchmarks/bench_token_reduction.py"
+OP_TARGET_SPEEDUP = 50.0  # at B = 8, N = 576, C = 1024 (the issue's target)
+TOWER_TARGET_PCT = 3.0  # reduction cost as % of the 23-layer "none" forward
+BUDGETS = (64, 128, 192)
+NEIGHBORS = 32
+MODES = {"prumerge": False, "prumerge+": True}  # mode -> plus
+TOWER_SIZES = {
+    # CLIP ViT-L/14-336 (openai/clip-vit-large-patch14-336): 303 M parameters
+    "vit-l-336": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    # the same 24 x 24 patch grid, tiny widths: for the smoke test
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
+}
+INTRO = (
+    "# Benchmarks: PruMerge / PruMerge+ token reduction\n\n"
+    "How fast the visual-token reduction is, what it adds to the CLIP vision tower, and how many tokens it keeps. "
+    "`prumerge()` (`llava/model/multimodal_encoder/prumerge.py`) is the batched, vectorised form of the published "
+    "per-token loop; `CLIPVisionTower` runs only the 23 layers LLaVA-1.5 reads and computes the CLS attention row "
+    "from layer 24's `q_proj`/`k_proj` without running that layer. Timings are medians with the (min-max) spread "
+    "of the repeats; on a shared machine the spread is part of the result. This whole file, this paragraph "
+    f"included, is written by `{SCRIPT}`: edit the script, not this file.\n"
+)
+BLOCK_RE = r"<!-- bench:{kind}:begin -->\n.*?<!-- bench:{kind}:end -->"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_attention(batch: int, n: int, std, generator: torch.Generator) -> torch.Tensor:
+    """CLS attention ``[B, N]``: ``softmax(std_b * z)`` over 1 + N Gaussian logits ``z ~ N(0, 1)``, CLS dropped.
+
+    ``std`` is a float or a ``[B]`` tensor (one spread per image). The IQR rule keeps about 27 / 32 / 36 / 45 / 63
+    patches of 576 for std 0.6 / 0.7 / 0.8 / 1.0 / 1.5; PruMerge's published average is ~32, hence 0.75 by default.
+    """
+    logits = torch.randn(batch, n + 1, generator=generator)
+    std = torch.as_tensor(std, dtype=torch.float32)
+    return torch.softmax(logits * (std.unsqueeze(-1) if std.dim() else std), dim=-1)[:, 1:]
+
+
+def op_inputs(batch: int, n: int, dim: int, std: float, seed: int, device, dtype):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, n, dim, generator=g)
+    keys = torch.randn(batch, n, dim, generator=g)
+    attn = synthetic_attention(batch, n, std, g)  # float32, as cls_attention returns
+    return features.to(device, dtype), keys.to(device, dtype), attn.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The baseline: the published algorithm as a per-token loop (per-image IQR count, so the work matches the op's)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _complement(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Ascending patch indices not in ``idx`` (the published ``complement_idx``: scatter 0s, sort, drop)."""
+    masked = torch.scatter(torch.arange(n, device=idx.device), 0, idx, 0)
+    return torch.sort(masked).values[idx.numel():]
+
+
+def published_loop(features: torch.Tensor, keys: torch.Tensor, cls_attn: torch.Tensor, plus: bool) -> list:
+    """``[B, N, C]`` -> B tensors ``[k_b + 1, C]``, one image and one kept token at a time, as published.
+
+    Per image: numpy IQR on the host, top-k, (PruMerge+) the raster filtered by ``x not in idx``; then for every kept
+    token: concatenate the other kept tokens and the pruned ones (features, attention, normalised keys), cosine to
+    all of them, top-32, attention-weighted sum added to the token. Finally the extra token of the pruned patches.
+    """
+    B, N, C = features.shape
+    out = []
+    for b in range(B):
+        attn = cls_attn[b]
+        attn_np = attn.to(torch.float32).cpu().numpy()
+        q1, q3 = np.percentile(attn_np, 25), np.percentile(attn_np, 75)
+        ratio = len(np.where(attn_np > q3 + 1.5 * (q3 - q1))[0]) / N
+        idx = torch.topk(attn, max(1, int(N * ratio)), largest=True).indices
+        if plus:
+            step = int(1 / max(ratio, 1 / N))
+            sequence = torch.arange(0, N - 1, max(1, int(step / 3)), device=attn.device)
+            filtered = torch.tensor([x for x in sequence if x not in idx], dtype=torch.long, device=attn.device)
+            idx = torch.cat([idx, filtered])
+        compl = _complement(idx, N)
+        x_kept, a_kept = features[b, idx], attn[idx].to(features.dtype)
+        k_kept = F.normalize(keys[b, idx], p=2, dim=-1)
+        x_pruned, a_pruned = features[b, compl], attn[compl].to(features.dtype)
+        k_pruned = F.normalize(keys[b, compl], p=2, dim=-1)
+        updated = torch.zeros_like(x_kept)
+        for i in range(idx.numel()):
+            rest_x = torch.cat([x_kept[:i], x_kept[i + 1 :], x_pruned])
+            rest_a = torch.cat([a_kept[:i], a_kept[i + 1 :], a_pruned])
+            rest_k = torch.cat([k_kept[:i], k_kept[i + 1 :], k_pruned])
+            cos = rest_k @ k_kept[i]
+            cluster = torch.topk(cos, min(NEIGHBORS, cos.numel()), largest=True).indices
+            updated[i] = x_kept[i] + torch.sum(rest_x[cluster] * rest_a[cluster].unsqueeze(-1), dim=0)
+        extra = torch.sum(x_pruned * a_pruned.unsqueeze(-1), dim=0, keepdim=True)
+        out.append(torch.cat([updated, extra]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], device, repeats: int, warmup: int = 1, warmup_s: float = 0.0) -> list:
+    """Seconds per call: ``warmup`` calls (and at least ``warmup_s`` seconds of them) untimed, then ``repeats``."""
+    start, done = time.perf_counter(), 0
+    while done < warmup or time.perf_counter() - start < warmup_s:
+        fn()
+        done += 1
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summary_ms(times: Sequence[float]) -> dict:
+    ms = [t * 1e3 for t in times]
+    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "n": len(ms)}
+
+
+def fmt_ms(s: dict) -> str:
+    def f(v):
+        return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+    return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
+
+
+def fmt_s(s: dict) -> str:
+    return f"{s['median'] / 1e3:.2f} ({s['min'] / 1e3:.2f}-{s['max'] / 1e3:.2f})"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. op vs loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_same(op_out, loop_out, dtype) -> float:
+    """Kept counts must agree; in float32 the tokens too (atol 1e-3). Returns the largest absolute difference."""
+    worst = 0.0
+    for got, want in zip(op_out.tokens, loop_out):
+        if got.shape != want.shape:
+            raise AssertionError(f"op and loop disagree on the token count: {got.shape[0]} vs {want.shape[0]}")
+        worst = max(worst, (got.float() - want.float()).abs().max().item())
+    if dtype == torch.float32 and worst > 1e-3:
+        raise AssertionError(f"op and published loop disagree: max |diff| {worst:.2e}")
+    return worst
+
+
+def profile_op(features, keys, attn, plus: bool, device, top: int = 7) -> list:
+    """Top ops of one ``prumerge`` call by self time: [(name, ms per call, % of total)]."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    calls = 10
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            prumerge(features, keys, attn, plus=plus)
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [(e.key, getattr(e, attr) / 1e3 / calls, 100.0 * getattr(e, attr) / total) for e in events[:top]]
+
+
+def gemm_floor(batch: int, centres: int, n: int, dim: int, device, dtype, repeats: int) -> dict:
+    """The op's two dense GEMMs run bare: centre keys x keys^T ``[B,P,C]x[B,C,N]`` (fp32, as the op computes
+    cosines) and the merge weights x features ``[B,P,N]x[B,N,C]`` (features' dtype)."""
+    g = torch.Generator().manual_seed(1)
+    ck = torch.randn(batch, centres, dim, generator=g).to(device)
+    k_t = torch.randn(batch, dim, n, generator=g).to(device)
+    w = torch.randn(batch, centres, n, generator=g).to(device, dtype)
+    x = torch.randn(batch, n, dim, generator=g).to(device, dtype)
+
+    def both():
+        torch.bmm(ck, k_t)
+        torch.bmm(w, x)
+
+    return summary_ms(time_calls(both, device, repeats, warmup=3, warmup_s=0.2))
+
+
+def time_interleaved(fns: dict, device, rounds: int) -> dict:
+    """``fns``: name -> (callable, calls per round). Every round times each callable that many times, in turn, so a
+    burst of load from other jobs on the machine hits all of them alike. Returns name -> seconds per call."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, (fn, calls) in fns.items():
+            times[name] += time_calls(fn, device, calls, warmup=0)
+    return times
+
+
+def warm_up_process(args, device, dtype) -> None:
+    """The first calls in a fresh process are slow (thread pool and allocator start-up): spend ~1 s on them."""
+    features, keys, attn = op_inputs(max(args.batch_sizes), args.patches, args.dim, args.attn_std, args.seed, device,
+                                     dtype)
+    with torch.inference_mode():
+        time_calls(lambda: prumerge(features, keys, attn, plus=True), device, 0, warmup=3, warmup_s=1.0)
+        published_loop(features[:1], keys[:1], attn[:1], True)
+
+
+def bench_op(args, device, dtype) -> dict:
+    rows, profile, floor, anatomy = [], None, None, None
+    cases = [(b, m) for b in args.batch_sizes for m in MODES]
+    target_b = 8 if 8 in args.batch_sizes else sorted(args.batch_sizes)[len(args.batch_sizes) // 2]
+    warm_up_process(args, device, dtype)
+    with torch.inference_mode(), tqdm(total=len(cases), desc="1/3 op vs per-token loop", file=sys.stderr) as bar:
+        for batch, mode in cases:
+            plus = MODES[mode]
+            features, keys, attn = op_inputs(batch, args.patches, args.dim, args.attn_std, args.seed + batch, device,
+                                             dtype)
+            op_out = prumerge(features, keys, attn, plus=plus)
+            loop_out = published_loop(features, keys, attn, plus)  # also the loop's warm-up
+            diff = _check_same(op_out, loop_out, dtype)
+            time_calls(lambda: prumerge(features, keys, attn, plus=plus), device, 0, warmup=3, warmup_s=0.3)
+            rounds = args.loop_rounds if batch <= 8 else max(2, args.loop_rounds - 2)
+            times = time_interleaved({
+                "op": (lambda: prumerge(features, keys, attn, plus=plus), args.op_per_round),
+                "loop": (lambda: published_loop(features, keys, attn, plus), 1),
+            }, device, rounds)
+            op_t, loop_t = summary_ms(times["op"]), summary_ms(times["loop"])
+            tokens = [t.shape[0] for t in op_out.tokens]
+            centres = [t - 1 for t in tokens]
+            rows.append({
+                "batch": batch, "mode": mode, "centres_mean": statistics.mean(centres), "centres_max": max(centres),
+                "op": op_t, "loop": loop_t, "speedup": loop_t["median"] / op_t["median"],
+                "speedup_best": loop_t["min"] / op_t["min"], "max_abs_diff": diff,
+                "loop_per_centre_us": 1e3 * loop_t["median"] / sum(centres),
+            })
+            if batch == target_b and mode == "prumerge":
+                profile = profile_op(features, keys, attn, plus, device)
+                floor = gemm_floor(batch, max(centres), args.patches, args.dim, device, dtype, 3 * args.op_per_round)
+                anatomy = anatomy_at_small_width(features, keys, attn, device, args.loop_rounds)
+            bar.update()
+    return {"rows": rows, "target_batch": target_b, "profile": profile, "gemm_floor": floor, "anatomy": anatomy,
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def anatomy_at_small_width(features, keys, attn, device, rounds: int, width: int = 8) -> dict:
+    """PruMerge op and loop on the same attention (so the same centres) with features and keys only ``width``
+    wide: what is left is each one's fixed cost (interpreter, dispatch, selection, small kernels)."""
+    narrow_f, narrow_k = features[..., :width].contiguous(), keys[..., :width].contiguous()
+    published_loop(narrow_f, narrow_k, attn, False)
+    time_calls(lambda: prumerge(narrow_f, narrow_k, attn), device, 0, warmup=3, warmup_s=0.2)
+    times = time_interleaved({"op": (lambda: prumerge(narrow_f, narrow_k, attn), 3),
+                              "loop": (lambda: published_loop(narrow_f, narrow_k, attn, False), 1)}, device, rounds)
+    return {"width": width, "op": summary_ms(times["op"]), "loop": summary_ms(times["loop"])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. the tower
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_tower(size: str, folder: Path, seed: int, device, dtype):
+    """Random CLIP vision model of ``size`` saved to ``folder`` (weights + CLIP's 336 px preprocessor), then
+    loaded through ``CLIPVisionTower`` as LLaVA-1.5 configures it (select layer -2, patch features)."""
+    import json
+
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(**TOWER_SIZES[size], image_size=336, patch_size=14, hidden_act="quick_gelu")
+    CLIPVisionModel(config).save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    ).save_pretrained(folder)
+    processor_json = folder / "preprocessor_config.json"
+    processor_json.write_text(json.dumps({**json.loads(processor_json.read_text()),
+                                          "image_processor_type": "CLIPImageProcessor"}))
+    args = SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_token_reduction="none",
+                           mm_token_budget=None)
+    tower = CLIPVisionTower(str(folder), args)
+    tower.to(device=device, dtype=dtype).eval()
+    return tower
+
+
+def _next_layer_logits(tower, hidden: torch.Tensor) -> torch.Tensor:
+    """CLS attention logits ``[B, N]`` from the layer after the selected one (as ``CLIPVisionTower.reduce``)."""
+    layer = tower.vision_tower.encoder.layers[tower.num_layers_to_run]
+    normed = layer.layer_norm1(hidden)
+    q = layer.self_attn.q_proj(normed[:, 0]).float()
+    k = layer.self_attn.k_proj(normed[:, 1:]).float()
+    return torch.einsum("bc,bnc->bn", q, k) * hidden.shape[-1] ** -0.5
+
+
+def calibrate(tower, hidden: torch.Tensor, target_std: float) -> float:
+    """Scale the next layer's ``q_proj`` so the CLS logits have ``target_std`` (a random CLIP attends almost
+    uniformly and the IQR rule would keep ~1 patch, which would make the reduction look cheaper than it is)."""
+    scale = target_std / _next_layer_logits(tower, hidden).std(dim=-1).mean().item()
+    q_proj = tower.vision_tower.encoder.layers[tower.num_layers_to_run].self_attn.q_proj
+    q_proj.weight.mul_(scale)
+    q_proj.bias.mul_(scale)
+    return scale
+
+
+def bench_tower(args, device, dtype) -> dict:
+    from llava.model.token_reduction import TokenReduction
+
+    results = {"batches": [], "size": args.tower}
+    with tempfile.TemporaryDirectory(prefix="bench_clip_") as tmp, torch.inference_mode():
+        t0 = time.perf_counter()
+        tower = build_tower(args.tower, Path(tmp), args.seed, device, dtype)
+        results["build_s"] = time.perf_counter() - t0
+        results["attn_implementation"] = tower.vision_tower.config._attn_implementation
+        results["params_m"] = sum(p.numel() for p in tower.vision_tower.parameters()) / 1e6
+        results["layers"] = (tower.num_layers_to_run, tower.config.num_hidden_layers)
+        results["patches"] = tower.num_patches
+        model = tower.vision_tower
+
+        def upstream(px):  # what upstream LLaVA ran: every layer, every hidden state kept, then [-2][:, 1:]
+            return model(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
+
+        def ours(mode):
+            def run(px):
+                tower.set_token_reduction(TokenReduction(mode))
+                return tower(px)
+            return run
+
+        variants = {"(a) upstream, 24 layers + hidden states": upstream, "(b) ours, none (23 layers)": ours("none"),
+                    "(c) ours, prumerge": ours("prumerge"), "(d) ours, prumerge+": ours("prumerge+")}
+        names = list(variants)
+        total = sum(1 + len(names) * args.tower_repeats_for(b) for b in args.tower_batch_sizes)
+        bar = tqdm(total=total, desc="2/3 tower forwards", file=sys.stderr)
+        for batch in args.tower_batch_sizes:
+            g = torch.Generator().manual_seed(args.seed + 100 + batch)
+            pixels = torch.randn(batch, 3, 336, 336, generator=g).to(device, dtype)
+            hidden = tower.selected_hidden_states(pixels)  # the warm-up forward (23 layers)
+            bar.update()
+            if "scale" not in results:
+                results["scale"] = calibrate(tower, hidden, args.attn_std)
+            # the reduction alone on the selected hidden states (next layer's LN + k_proj + CLS q, the op): warmed
+            # up here, then timed a few calls right after every (b) forward, so both share the same load
+            counts, isolated_times = {}, {mode: [] for mode in MODES}
+
+            def reduce_with(mode):
+                tower.set_token_reduction(TokenReduction(mode))
+                return tower.reduce(hidden)
+
+            for mode in MODES:
+                counts[mode] = [t.shape[0] for t in reduce_with(mode)]
+                time_calls(lambda: reduce_with(mode), device, 0, warmup=3, warmup_s=0.3)
+            # full forwards, interleaved, the order rotated every round so no variant is always first
+            times = {name: [] for name in names}
+            repeats = args.tower_repeats_for(batch)
+            for r in range(repeats):
+                for name in names[r % len(names):] + names[: r % len(names)]:
+                    bar.set_postfix_str(f"batch {batch}, {name.split(')')[0]})")
+                    times[name] += time_calls(lambda: variants[name](pixels), device, 1, warmup=0)
+                    if name == names[1]:
+                        for mode in MODES:
+                            isolated_times[mode] += time_calls(lambda: reduce_with(mode), device,
+                                                               args.reduce_per_round, warmup=0)
+                    bar.update()
+            stats = {name: summary_ms(t) for name, t in times.items()}
+            isolated = {mode: summary_ms(t) for mode, t in isolated_times.items()}
+            base = stats[names[1]]
+            results["batches"].append({
+                "batch": batch, "repeats": repeats, "forward": stats, "isolated": isolated, "counts": counts,
+                "overhead_pct": {m: 100.0 * isolated[m]["median"] / base["median"] for m in MODES},
+                "overhead_best_pct": {m: 100.0 * isolated[m]["min"] / base["min"] for m in MODES},
+                "e2e_pct": {m: 100.0 * (stats[names[2 + i]]["median"] - base["median"]) / base["median"]
+                            for i, m in enumerate(MODES)},
+                "upstream_pct": 100.0 * (stats[names[0]]["median"] - base["median"]) / base["median"],
+                "upstream_best_pct": 100.0 * (stats[names[0]]["min"] - base["min"]) / base["min"],
+                "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            })
+        bar.close()
+        tower.set_token_reduction(TokenReduction("prumerge"))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. kept counts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tokens_per_image(attn: torch.Tensor, plus: bool, budget=None, chunk: int = 256) -> list:
+    """Output tokens per image (centres + the extra one) from ``prumerge`` itself; features do not change the
+    counts, so they are 4 wide here."""
+    counts = []
+    for part in attn.split(chunk):
+        g = torch.Generator().manual_seed(0)
+        features = torch.randn(part.shape[0], part.shape[1], 4, generator=g)
+        counts += prumerge(features, features, part, plus=plus, budget=budget).counts
+    return counts
+
+
+def _stats(values: Sequence[int]) -> dict:
+    arr = np.asarray(values)
+    return {"mean": float(arr.mean()), "median": float(np.median(arr)), "min": int(arr.min()), "max": int(arr.max()),
+            "p5": float(np.percentile(arr, 5)), "p95": float(np.percentile(arr, 95)), "std": float(arr.std())}
+
+
+def bench_kept(args, device, dtype) -> dict:
+    g = torch.Generator().manual_seed(args.seed + 7)
+    n = args.patches
+    lo, hi = args.std_range
+    stds = lo + (hi - lo) * torch.rand(args.images, generator=g)
+    attn = synthetic_attention(args.images, n, stds, g)
+    steps = 2 + 2 * len(BUDGETS) + 2 * len(args.std_sweep)
+    with torch.inference_mode(), tqdm(total=steps, desc="3/3 kept counts", file=sys.stderr) as bar:
+        tokens = {}
+        for mode, plus in MODES.items():
+            tokens[mode] = _tokens_per_image(attn, plus)
+            bar.update()
+        budgets = []
+        features, keys, attn8 = op_inputs(8, n, args.dim, args.attn_std, args.seed + 8, device, dtype)
+
+        def budget_call(k, plus):
+            return lambda: prumerge(features, keys, attn8, plus=plus, budget=k)
+
+        calls = {(k, mode): (budget_call(k, plus), 3) for k in BUDGETS for mode, plus in MODES.items()}
+        for fn, _ in calls.values():
+            time_calls(fn, device, 0, warmup=2, warmup_s=0.1)
+        budget_times = time_interleaved(calls, device, args.loop_rounds)
+        for k in BUDGETS:
+            row = {"budget": k}
+            for mode, plus in MODES.items():
+                counts = _tokens_per_image(attn[:64], plus, budget=k)
+                assert set(counts) == {min(k, n) + 1}, f"budget {k} gave {sorted(set(counts))} tokens"
+                adaptive = np.asarray(tokens[mode])
+                row[mode] = {
+                    "tokens": min(k, n) + 1,
+                    "below": float((adaptive < min(k, n) + 1).mean()),  # images whose adaptive count is smaller
+                    "vs_mean": (min(k, n) + 1) / adaptive.mean(),
+                    "op_b8": summary_ms(budget_times[(k, mode)]),
+                }
+                bar.update()
+            budgets.append(row)
+        sweep = []
+        for std in args.std_sweep:
+            a = synthetic_attention(min(args.images, 512), n, std, torch.Generator().manual_seed(args.seed + 9))
+            row = {"std": std}
+            for mode, plus in MODES.items():
+                row[mode] = float(np.mean(_tokens_per_image(a, plus)))
+                bar.update()
+            sweep.append(row)
+    return {"tokens": tokens, "stats": {m: _stats(v) for m, v in tokens.items()}, "budgets": budgets,
+            "sweep": sweep, "std_range": (lo, hi), "images": args.images}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots (written to a temporary name, then renamed)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _umask_mode() -> int:
+    """0o666 less the process umask: the mode an ordinary ``open(path, "w")`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot_speed(op: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"prumerge": "tab:blue", "prumerge+": "tab:orange"}
+    batches = sorted({r["batch"] for r in op["rows"]})
+    for mode in MODES:
+        rows = sorted((r for r in op["rows"] if r["mode"] == mode), key=lambda r: r["batch"])
+        xs = [r["batch"] for r in rows]
+        for kind, style in (("op", "-o"), ("loop", "--s")):
+            med = [r[kind]["median"] for r in rows]
+            err = [[m - r[kind]["min"] for m, r in zip(med, rows)], [r[kind]["max"] - m for m, r in zip(med, rows)]]
+            label = f"{mode}: {'prumerge() op' if kind == 'op' else 'per-token loop (published)'}"
+            ax.errorbar(xs, med, yerr=err, fmt=style, color=colours[mode], label=label, capsize=3,
+                        alpha=1.0 if kind == "op" else 0.7)
+        ax2.plot(xs, [r["speedup"] for r in rows], "-o", color=colours[mode], label=mode)
+        for r in rows:
+            ax2.annotate(f"{r['speedup']:.0f}x", (r["batch"], r["speedup"]), textcoords="offset points",
+                         xytext=(0, 7), ha="center", fontsize=8, color=colours[mode])
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xticks(batches)
+        a.set_xticklabels([str(b) for b in batches])
+        a.set_xlabel("batch size B (images)")
+        a.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("ms per call (median; bars: min-max)")
+    ax.set_title("time per call")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    ax2.axhline(OP_TARGET_SPEEDUP, color="red", linestyle=":", label=f"target {OP_TARGET_SPEEDUP:.0f}x at B=8")
+    ax2.set_ylabel("speed-up (loop median / op median)")
+    ax2.set_ylim(1, max(OP_TARGET_SPEEDUP * 2, max(r["speedup"] for r in op["rows"]) * 2))
+    ax2.set_title("op speed-up over the loop")
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    fig.suptitle(title, fontsize=10)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_kept(kept: dict, path: Path, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    colours = {"prumerge": "tab:blue", "prumerge+": "tab:orange"}
+    top = max(max(v) for v in kept["tokens"].values())
+    bins = np.arange(0, max(top, max(BUDGETS) + 1) + 6, 3)
+    for mode, values in kept["tokens"].items():
+        s = kept["stats"][mode]
+        ax.hist(values, bins=bins, color=colours[mode], alpha=0.7,
+                label=f"{mode}: mean {s['mean']:.1f}, median {s['median']:.0f}, range {s['min']}-{s['max']}")
+        ax.axvline(s["mean"], color=colours[mode], linewidth=1.5)
+    for k in BUDGETS:
+        ax.axvline(k + 1, color="grey", linestyle="--", linewidth=1)
+        ax.text(k + 1, ax.get_ylim()[1] * 0.97, f" budget {k}\n ({k + 1} tokens)", fontsize=8, va="top",
+                color="dimgrey")
+    lo, hi = kept["std_range"]
+    ax.set_xlabel(f"visual tokens per image (kept centres + 1 extra token), of N = {n} patches")
+    ax.set_ylabel("images")
+    ax.set_title(f"PruMerge / PruMerge+ tokens over {kept['images']} images of synthetic CLS attention "
+                 f"(Gaussian logits, std ~ U({lo}, {hi}) per image)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              title="solid vertical lines: means; dashed: the budget settings", title_fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The markdown
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def machine_info(device, dtype, threads: int) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    import transformers
+
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{cpu} ({os.cpu_count()} logical cores visible)",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "threads": threads, "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load"] = "%.2f %.2f %.2f" % os.getloadavg()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def render_block(kind: str, args, info: dict, op: dict, tower: dict, kept: dict, images: dict) -> str:
+    title = "CPU figures" if kind == "cpu" else "GPU figures"
+    out = [f"<!-- bench:{kind}:begin -->", f"## {title}", ""]
+    machine = [f"- date: {info['date']}", f"- CPU: {info['cpu']}"]
+    if "gpu" in info:
+        machine.append(f"- GPU: {info['gpu']}")
+    machine += [f"- torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}; "
+                f"`torch.set_num_threads({info['threads']})`; device {info['device']}, dtype {info['dtype']}"]
+    if "load" in info:
+        machine.append(f"- load average when the run started: {info['load']} (the cores are shared with other "
+                       "jobs: read the min-max spreads)")
+    machine.append(f"- reproduce: `{args.command}`" + (" (quick mode: fewer repeats)" if args.quick else ""))
+    out += machine + [""]
+
+    # ---- 1
+    rows = op["rows"]
+    tb = op["target_batch"]
+    out += ["### 1. `prumerge()` against the published per-token loop", ""]
+    out += [f"N = {args.patches} patches, C = {args.dim} (features and keys), 32 neighbours, {info['dtype']}. CLS "
+            f"attention = softmax of {args.patches + 1} Gaussian logits with std {args.attn_std} (~33 outliers per "
+            "image; PruMerge's published average is ~32 kept tokens; std 1.5 would give ~63, see section 3). The loop "
+            "is the published `token_prune_merge_advanced[_plus]` rewritten per image (numpy IQR on the host, top-k, "
+            "the PruMerge+ raster filtered by `x not in idx`, then per kept token: concatenate the others, cosine, "
+            "top-32, weighted sum), with the IQR count per image so both do the same work; its outputs are checked "
+            "against the op's before timing (max abs diff column). Both inside `torch.inference_mode()`, after a "
+            f"warm-up, in rounds of {args.op_per_round} op calls + 1 loop call: {args.loop_rounds} rounds "
+            f"({max(2, args.loop_rounds - 2)} at B > 8), so bursts of load from other jobs hit both alike. "
+            "Speed-up = loop median / op median; *best* = fastest loop call / fastest op call.", ""]
+    table = []
+    for r in rows:
+        table.append([r["batch"], r["mode"], f"{r['centres_mean']:.1f}", fmt_ms(r["op"]), fmt_ms(r["loop"]),
+                      f"**{r['speedup']:.1f}x**", f"{r['speedup_best']:.1f}x", f"{r['loop_per_centre_us']:.0f}",
+                      f"{r['max_abs_diff']:.1e}"])
+    out.append(md_table(["B", "mode", "centres / image", "op ms (min-max)", "loop ms (min-max)", "speed-up", "best",
+                         "loop µs / centre", "max abs diff"], table))
+    out += [f"![op vs loop]({images['speed']})", ""]
+    target_rows = [r for r in rows if r["batch"] == tb]
+    met = None
+    if tb == 8 and args.patches == 576 and args.dim == 1024:
+        met = all(r["speedup"] >= OP_TARGET_SPEEDUP for r in target_rows)
+        verdict = ", ".join(f"{r['mode']} {r['speedup']:.1f}x (best {r['speedup_best']:.1f}x)" for r in target_rows)
+        out += [f"**Target** >= {OP_TARGET_SPEEDUP:.0f}x faster than the per-token loop at B = 8, N = 576, "
+                f"C = 1024: {verdict}: {_met(met)}.", ""]
+    else:
+        out += [f"**Target** (>= {OP_TARGET_SPEEDUP:.0f}x at B = 8, N = 576, C = 1024): not measured at these sizes.",
+                ""]
+    if op.get("load") is not None:
+        out += [f"1-minute load average after this section: {op['load']:.2f} ({os.cpu_count()} = every core "
+                "busy).", ""]
+    if op["profile"] is not None:
+        pm = next(r for r in target_rows if r["mode"] == "prumerge")
+        floor, anatomy = op["gemm_floor"], op["anatomy"]
+        w = anatomy["width"]
+        out += [f"**Where the time goes** (PruMerge, B = {tb}; fastest calls, the least disturbed by other jobs):", ""]
+        loop_fixed = anatomy["loop"]["min"]
+        op_fixed = anatomy["op"]["min"]
+        out.append(md_table(["what", "ms", "meaning"], [
+            [f"loop, C = {args.dim}", f"{pm['loop']['min']:.2f}", "the baseline"],
+            [f"loop, C = {w}", f"{loop_fixed:.2f}",
+             "same centres, almost no data: the loop's fixed cost (interpreter, op dispatch, per-image numpy "
+             "IQR and host sync), what vectorising removes"],
+            [f"op, C = {args.dim}", f"{pm['op']['min']:.2f}", "`prumerge()`"],
+            [f"op, C = {w}", f"{op_fixed:.2f}", "the op's fixed cost (sorts, IQR, masks, one host sync)"],
+            ["two GEMMs alone", f"{floor['min']:.2f}",
+             f"`[B,P,C]x[B,C,N]` similarity (fp32) + `[B,P,N]x[B,N,C]` merge, P = {pm['centres_max']}, run bare"],
+        ]))
+        data_part = pm["loop"]["min"] - loop_fixed
+        key_mib = (args.patches - 1) * args.dim * args.dtype_t.itemsize / 2**20
+        out += [f"The loop's fixed cost is {100 * loop_fixed / pm['loop']['min']:.0f} % of its time; the other "
+                f"{data_part:.1f} ms scale with C (per centre: a mat-vec of its key against "
+                f"{args.patches - 1} keys, {key_mib:.1f} MiB read, and concatenations copying as much "
+                "again). The op turns the mat-vecs into one GEMM and adds a dense merge GEMM "
+                "(P x N x C multiply-adds where the loop gathers 32 rows per centre); those two GEMMs alone take "
+                f"{floor['min']:.2f} ms here, so even an op that cost nothing else would be at most "
+                f"~{pm['loop']['min'] / floor['min']:.0f}x faster than the loop on this machine.", ""]
+        out += [f"`torch.profiler`, `prumerge()` self time per call (PruMerge, B = {tb}):", ""]
+        out.append(md_table(["op", "ms / call", "share"],
+                            [[f"`{name}`", f"{ms:.2f}", f"{pct:.0f} %"] for name, ms, pct in op["profile"]]))
+        if met is False and kind == "gpu":
+            out += ["**The target is missed on this GPU**: see the profile above for where the op's time goes.", ""]
+        elif met is False:
+            out += [
+                f"**Why the target is missed here.** On {args.threads} CPU threads in {info['dtype']} the per-token "
+                "loop is not "
+                "interpreter-bound: most of its time is memory-bound arithmetic that the op must do too (as GEMMs), "
+                "so the ratio is capped by GEMM throughput, not by the Python that vectorising removes. The op itself "
+                "spends most of its time in those GEMMs (the similarity and the single merge GEMM), then in "
+                "`topk` and the sort. A >= 50x ratio is what to "
+                "expect on a GPU, where every one of the loop's ~15 ops per token is a kernel launch of 5-10 µs and "
+                "every image a host sync, while the op is a few dozen launches per batch: the GPU figures below "
+                "would confirm it.", ""]
+        out += [
+            "**Already in `prumerge.py`**: the neighbour ranking uses `centre_keys @ keys^T` scaled by the column "
+            "norms `1/|k_j|` only (scaling a row by its own centre's norm does not change that row's top-k), so "
+            "no [B, N, C] normalised copy of the keys is written; and one `[B, P+1, N]` merge matrix (neighbour "
+            "weights, a 1 at the centre's own column, the pruned patches' weights as the last row) gives every "
+            "merged token and the extra token in a single `bmm`. Together about 1.2x over the first version "
+            "(9.8x -> 11.7x at B = 8 for PruMerge); nothing can beat the GEMM bound above on a CPU.", ""]
+    # ---- 2
+    out += ["### 2. The vision tower", ""]
+    if tower is None:
+        out += ["Not measured in this run.", ""]
+    else:
+        first, total_layers = tower["layers"]
+        out += [f"CLIP ViT-L/14-336 geometry ({'full size' if tower['size'] == 'vit-l-336' else 'TINY widths'}: "
+                f"{tower['params_m']:.0f} M parameters, {total_layers} layers, 336 px, patch 14, quick_gelu), random "
+                f"weights, {info['dtype']}, attention `{tower['attn_implementation']}`, `torch.inference_mode()`, "
+                "random-pixel inputs. Built with `transformers.CLIPVisionModel`, saved with a CLIP preprocessor and "
+                "loaded through `CLIPVisionTower` (select layer -2, patch features). The last layer's `q_proj` is "
+                f"scaled (x{tower['scale']:.1f}) so the CLS logits have std {args.attn_std}: a random CLIP attends "
+                "almost uniformly and the IQR rule would keep ~1 patch, making the reduction look cheaper than it "
+                "is. One warm-up forward per batch size, then rounds of the four variants (order rotated every "
+                "round). (a) is what upstream LLaVA ran: all 24 layers with `output_hidden_states=True`, then "
+                "`hidden_states[-2][:, 1:]`; (b)-(d) are `CLIPVisionTower.forward` with `set_token_reduction(...)`.",
+                "",
+                "The overhead figure is *isolated*: `CLIPVisionTower.reduce()` alone on the selected hidden states "
+                "(next layer's `layer_norm1`, `k_proj` over all 577 tokens, `q_proj` of the CLS row, the CLS "
+                f"attention, `prumerge()`), {args.reduce_per_round} calls right after every (b) forward so both see "
+                "the same load; cost = median reduce / median (b) (best: fastest / fastest). The end-to-end "
+                "difference (c) - (b) is shown too, but at this noise level it says little: the same forward "
+                "varies by more than the whole reduction costs.", ""]
+        table = []
+        names = list(tower["batches"][0]["forward"])
+        for entry in tower["batches"]:
+            for i, name in enumerate(names):
+                st = entry["forward"][name]
+                if i < 2:
+                    extra = (f"{entry['upstream_pct']:+.1f} % (best {entry['upstream_best_pct']:+.1f} %)" if i == 0
+                             else "baseline")
+                    tokens = str(tower["patches"])
+                else:
+                    mode = list(MODES)[i - 2]
+                    iso = entry["isolated"][mode]
+                    extra = (f"reduce {fmt_ms(iso)} ms = **{entry['overhead_pct'][mode]:.2f} %** (best "
+                             f"{entry['overhead_best_pct'][mode]:.2f} %); end-to-end {entry['e2e_pct'][mode]:+.1f} %")
+                    tokens = "/".join(str(c) for c in entry["counts"][mode])
+                table.append([entry["batch"], name, f"{st['median'] / 1e3 / entry['batch']:.2f}", fmt_s(st),
+                              entry["repeats"], tokens, extra])
+        out.append(md_table(["B", "variant", "s / image", "s per forward (min-max)", "repeats", "tokens / image",
+                             "vs (b)"], table))
+        loads = [e["load"] for e in tower["batches"] if e.get("load") is not None]
+        if loads:
+            out += ["1-minute load average after each batch size: " + ", ".join(f"{v:.2f}" for v in loads) + ".", ""]
+        worst = max(max(e["overhead_pct"].values()) for e in tower["batches"])
+        worst_best = max(max(e["overhead_best_pct"].values()) for e in tower["batches"])
+        full = tower["size"] == "vit-l-336"
+        out += [f"**Target** reduction cost <= {TOWER_TARGET_PCT:.0f} % of the 23-layer forward (b): worst "
+                f"{worst:.2f} % (best-call ratio {worst_best:.2f} %): "
+                + (_met(max(worst, worst_best) <= TOWER_TARGET_PCT) if full else "not measured at full size") + ".",
+                ""]
+        out += [f"Upstream's full forward (a) against (b): one more layer of {total_layers} is "
+                f"+{100 / first:.1f} % of the work; measured "
+                + ", ".join(f"B = {e['batch']}: {e['upstream_pct']:+.1f} % median, {e['upstream_best_pct']:+.1f} % "
+                            "best" for e in tower["batches"])
+                + " (anything far from the expected value is load from other jobs).", ""]
+    # ---- 3
+    s = kept["stats"]
+    lo, hi = kept["std_range"]
+    out += ["### 3. How many tokens are kept", ""]
+    out += [f"{kept['images']} images of synthetic CLS attention: per image a logit std drawn from "
+            f"U({lo}, {hi}), then softmax of {args.patches + 1} Gaussian logits, CLS dropped "
+            "(`synthetic_attention` in the script). The tower's own attention was not used: a random-weight CLIP's "
+            "attention says nothing about real images, and a forward costs seconds per image on this CPU. Counts "
+            "come from `prumerge()` itself; tokens = kept centres + 1 extra token. PruMerge+'s counts come in clusters "
+            "because its raster stride int(int(N / c) / 3) is a step function of the outlier count c: for N = 576, "
+            "c = 25-27 gives stride 7 (83 raster samples), 28-32 stride 6 (96), 33-38 stride 5 (115), 39-48 stride 4 "
+            "(144), 49-64 stride 3 (192).", ""]
+    out.append(md_table(["mode", "mean", "median", "min", "max", "5th pct", "95th pct", "std"],
+                        [[m, f"{v['mean']:.1f}", f"{v['median']:.0f}", v["min"], v["max"], f"{v['p5']:.0f}",
+                          f"{v['p95']:.0f}", f"{v['std']:.1f}"] for m, v in s.items()]))
+    out += [f"![kept counts]({images['kept']})", ""]
+    out += ["With `--token-budget K` (`mm_token_budget`) every image gets exactly K centres + 1 token (checked "
+            "here); PruMerge+ takes the top ceil(K/4) by attention and K - ceil(K/4) spread evenly over the rest. "
+            "\"Adaptive below\" is the share of images whose adaptive count is smaller than the budget's; "
+            f"\"op ms\" is `prumerge()` at B = 8 (C = {args.dim}) with that budget, for comparison with section 1.", ""]
+    table = []
+    for row in kept["budgets"]:
+        for mode in MODES:
+            r = row[mode]
+            split = (f"{math.ceil(row['budget'] / 4)} top + {row['budget'] - math.ceil(row['budget'] / 4)} raster"
+                     if MODES[mode] else f"{row['budget']} top")
+            table.append([row["budget"], mode, r["tokens"], split, f"{100 * r['below']:.0f} %",
+                          f"{r['vs_mean']:.2f}x", fmt_ms(r["op_b8"])])
+    out.append(md_table(["budget K", "mode", "tokens / image", "centres", "adaptive below", "vs adaptive mean",
+                         "op ms (B = 8)"], table))
+    out += ["How the adaptive counts follow the peakiness of the attention (mean tokens per image, "
+            f"{min(args.images, 512)} images per row):", ""]
+    out.append(md_table(["logit std", "prumerge", "prumerge+"],
+                        [[r["std"], f"{r['prumerge']:.1f}", f"{r['prumerge+']:.1f}"] for r in kept["sweep"]]))
+    out.append(f"<!-- bench:{kind}:end -->")
+    return "\n".join(out) + "\n"
+
+
+def placeholder_block(kind: str) -> str:
+    if kind == "gpu":
+        body = ("No GPU figures have been taken: the session that wrote this benchmark had no GPU lent to it. On a "
+                "CUDA machine, from the repository root:\n\n"
+                f"    python {SCRIPT} --device cuda --dtype float16\n\n"
+                "(add `--quick` for a short run). That run writes its tables here, between these markers, and "
+                "its plots to `img/token_reduction_*_cuda.png`, keeping the CPU figures above. It times with "
+                "`torch.cuda.synchronize()` around every call; the section 1 target (>= 50x) is expected to be "
+                "met there, where the per-token loop is bound by kernel launches.")
+        title = "GPU figures"
+    else:
+        body = f"No CPU figures yet: `python {SCRIPT}` writes them here."
+        title = "CPU figures"
+    return f"<!-- bench:{kind}:begin -->\n## {title}\n\n{body}\n<!-- bench:{kind}:end -->\n"
+
+
+def write_doc(path: Path, kind: str, block: str) -> None:
+    """Replace this device kind's block in ``path`` (keeping the other kind's), atomically."""
+    old = path.read_text() if path.exists() else ""
+    blocks = {}
+    for k in ("cpu", "gpu"):
+        found = re.search(BLOCK_RE.format(kind=k), old, flags=re.S)
+        blocks[k] = found.group(0) + "\n" if found else placeholder_block(k)
+    blocks[kind] = block
+    text = INTRO + "\n" + blocks["cpu"] + "\n" + blocks["gpu"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats; the tower at batch 1 only (~1.5 min on CPU)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "docs",
+                   help="folder for benchmarks.md and img/token_reduction_*.png (default: the repo's docs/)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32], help="op benchmark batch sizes (1,8,32)")
+    p.add_argument("--patches", type=int, default=576, help="N for the op benchmark (576)")
+    p.add_argument("--dim", type=int, default=1024, help="C (features and keys) for the op benchmark (1024)")
+    p.add_argument("--tower", choices=sorted(TOWER_SIZES), default="vit-l-336",
+                   help="tower size: vit-l-336 (real) or tiny (smoke tests)")
+    p.add_argument("--tower-batch-sizes", type=_ints, default=None, help="default 1,4 (--quick: 1)")
+    p.add_argument("--tower-repeats", type=int, default=None,
+                   help="timed forwards per variant at batch 1 (default 3, --quick 1); larger batches get one fewer")
+    p.add_argument("--skip-tower", action="store_true", help="skip section 2")
+    p.add_argument("--images", type=int, default=None, help="images for the kept-count histogram (2000; quick 500)")
+    p.add_argument("--attn-std", type=float, default=0.75, help="logit std of the synthetic CLS attention (0.75)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError as err:
+        p.error(f"--device {args.device!r}: {err}")
+    if args.device.type not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda, got {args.device}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False on this machine (no GPU or a CPU-only torch)")
+    if args.device.type == "cpu" and args.dtype == "float16":
+        p.error("--dtype float16 on --device cpu is refused: CPU fp16 matmuls are emulated (many times slower than "
+                "fp32) and the figures would mislead; use --dtype float32 on CPU, or --device cuda --dtype float16")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    args.dtype_t = getattr(torch, args.dtype)
+    args.tower_batch_sizes = args.tower_batch_sizes or ([1] if args.quick else [1, 4])
+    base_repeats = args.tower_repeats or (1 if args.quick else 3)
+    args.tower_repeats_for = lambda b: base_repeats if b == 1 else max(1, base_repeats - 1)
+    args.images = args.images or (500 if args.quick else 2000)
+    args.op_per_round = 3
+    args.loop_rounds = 3 if args.quick else 5
+    args.reduce_per_round = 5
+    args.std_range = (0.55, 0.95)
+    args.std_sweep = (0.5, 0.75, 1.0, 1.5, 2.0)
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    args.command = " ".join(["python", SCRIPT] + [shlex.quote(a) for a in shown])
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device, dtype = args.device, args.dtype_t
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        print("note: bf16 on this CPU is ~9x slower than fp32 (ENVIRONMENT.md); the figures are for bf16",
+              file=sys.stderr)
+    info = machine_info(device, dtype, args.threads)
+    started = time.perf_counter()
+
+    op = bench_op(args, device, dtype)
+    tower = None if args.skip_tower else bench_tower(args, device, dtype)
+    kept = bench_kept(args, device, dtype)
+
+    suffix = "" if kind == "cpu" else "_cuda"
+    images = {"speed": f"img/token_reduction_speed{suffix}.png", "kept": f"img/token_reduction_kept{suffix}.png"}
+    plot_speed(op, args.out / images["speed"],
+               f"PruMerge op vs per-token loop, N={args.patches}, C={args.dim}, {info['dtype']}, "
+               f"{info['device']} ({args.threads} threads)")
+    plot_kept(kept, args.out / images["kept"], args.patches)
+    block = render_block(kind, args, info, op, tower, kept, images)
+    doc = args.out / "benchmarks.md"
+    write_doc(doc, kind, block)
+    elapsed = time.perf_counter() - started
+
+    print(block)
+    print(f"wrote {doc} and {', '.join(str(args.out / p) for p in images.values())} in {elapsed:.0f} s")
+    return {"info": info, "op": op, "tower": tower, "kept": kept, "doc": doc,
+            "images": {k: args.out / v for k, v in images.items()}, "elapsed_s": elapsed}
+
+
+if __name__ == "__main__":
+    main()
