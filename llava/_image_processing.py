@@ -15,10 +15,12 @@ import math
 import os
 from collections.abc import Sequence
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so image loading stays light (conversation.py)
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -248,4 +250,6 @@ def process_anyres_image(image: Image.Image, processor: Any, grid_pinpoints: Any
     base_side = _size_entry(processor.size, "shortest_edge") or tile
     tiles = divide_to_patches(resize_and_pad_image(image, best), tile)
     views = [image.resize((base_side, base_side))] + tiles
+    import torch
+
     return torch.stack([processor.preprocess(v, return_tensors="pt")["pixel_values"][0] for v in views], dim=0)

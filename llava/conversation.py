@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from llava._image_processing import expand2square
 from llava.constants import DEFAULT_IMAGE_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -67,16 +68,6 @@ def _fit_for_display(image: Image.Image, max_len: int, min_len: int) -> Image.Im
     else:
         new_size = (longest_edge, shortest_edge)
     return image.resize(new_size)
-
-
-def _pad_to_square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), color)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
 
 
 # --- one renderer per separator style: (conversation, normalised messages) -> prompt -------------------------
@@ -218,7 +209,7 @@ class Conversation:
         side at most ``min_len``). Returns the PIL image, or its base64-encoded ``image_format`` bytes.
         """
         if image_process_mode == "Pad":
-            image = _pad_to_square(image, _DISPLAY_PAD_COLOR)
+            image = expand2square(image, _DISPLAY_PAD_COLOR)
         elif image_process_mode == "Resize":
             image = image.resize((336, 336))
         elif image_process_mode not in _IMAGE_MODES:

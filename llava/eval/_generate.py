@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from ..conversation import conv_templates
 from ..mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
-from .common import add_image_tokens, default_device
+from .common import add_image_tokens, configure_logging, default_device, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +53,12 @@ def add_common_args(
     return parser
 
 
-def configure_logging() -> None:
-    """INFO for this package (the loader logs the active token-reduction mode once), quiet HTTP clients."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("llava").setLevel(logging.INFO)
-    for noisy in ("httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def run_main(eval_model: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None) -> int:
     """Parse ``argv``, run ``eval_model``; a user's mistake prints ``error: ...`` and gives exit status 2."""
     args = parser.parse_args(argv)
     configure_logging()
-    try:
-        eval_model(args)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(eval_model, args)
 
 
 def check_conv_mode(conv_mode: str) -> str:

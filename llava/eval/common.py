@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -77,3 +80,23 @@ def visual_token_summary(model) -> str:
     tower = model.get_vision_tower()
     after = ", ".join(str(c) for c in model.last_visual_token_counts)
     return f"{tower.num_patches} -> {after} ({tower.token_reduction.mode})"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log this package at ``level`` (at INFO the loader logs the active token-reduction mode once); quiet HTTP
+    clients."""
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("llava").setLevel(level)
+    for noisy in ("httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_cli(job: Callable[[Any], Any], args: Any) -> int:
+    """Run an entry point's ``job(args)``; a user's mistake (missing file, bad value, unreadable checkpoint) prints
+    ``error: ...`` on stderr, without a traceback, and gives exit status 2."""
+    try:
+        job(args)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -25,7 +25,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from llava.eval._io import read_jsonl
+from llava.eval._io import read_json, read_jsonl
 
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
@@ -40,16 +40,6 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--options", type=list, default=["A", "B", "C", "D", "E"],
                         help="option letters, written together (e.g. ABCDE)")
     return parser.parse_args(argv)
-
-
-def _load_json(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
 
 
 def parse_answer_letter(pred_text: str, options: Sequence[str]) -> str:
@@ -72,11 +62,11 @@ def get_pred_idx(prediction: str, choices: Sequence, options: Sequence[str]) -> 
 def evaluate(base_dir: str, result_file: str, split: str = "test", options: Sequence[str] = "ABCDE"):
     """Score ``result_file`` on ``split``; return ``(results, sqa_results)`` as written to the output files."""
     options = list(options)
-    splits = _load_json(os.path.join(base_dir, "pid_splits.json"))
+    splits = read_json(os.path.join(base_dir, "pid_splits.json"))
     if split not in splits:
         raise ValueError(f"{os.path.join(base_dir, 'pid_splits.json')}: no split {split!r} "
                          f"(found {', '.join(sorted(splits))})")
-    problems = _load_json(os.path.join(base_dir, "problems.json"))
+    problems = read_json(os.path.join(base_dir, "problems.json"))
     predictions = {pred["question_id"]: pred for pred in read_jsonl(result_file)}
     missing_problems = [pid for pid in splits[split] if pid not in problems]
     if missing_problems:

@@ -22,7 +22,14 @@ from ..conversation import conv_templates
 from ..mm_utils import get_model_name_from_path, load_images, process_images, tokenizer_image_token
 from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
-from .common import add_image_tokens, choose_conv_mode, default_device, visual_token_summary
+from .common import (
+    add_image_tokens,
+    choose_conv_mode,
+    configure_logging,
+    default_device,
+    run_cli,
+    visual_token_summary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        eval_model(args)
-    except (FileNotFoundError, ValueError, OSError) as err:  # a user's mistake: say what, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    configure_logging()
+    return run_cli(eval_model, args)
 
 
 if __name__ == "__main__":

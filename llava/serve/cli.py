@@ -19,7 +19,7 @@ from transformers import StoppingCriteriaList, TextStreamer
 
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from ..conversation import SeparatorStyle, conv_templates
-from ..eval.common import choose_conv_mode, default_device, visual_token_summary
+from ..eval.common import choose_conv_mode, configure_logging, default_device, run_cli, visual_token_summary
 from ..mm_utils import (
     KeywordsStoppingCriteria,
     get_model_name_from_path,
@@ -126,13 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        chat(args)
-    except (FileNotFoundError, ValueError, OSError) as err:  # a user's mistake: say what, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    configure_logging(logging.INFO if args.debug else logging.WARNING)
+    return run_cli(chat, args)
 
 
 if __name__ == "__main__":
