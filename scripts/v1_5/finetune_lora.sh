@@ -3,6 +3,8 @@
 # Writes adapter files + non_lora_trainables.bin + config.json to ./checkpoints/llava-v1.5-7b-lora; load it with
 # --model-path ./checkpoints/llava-v1.5-7b-lora --model-base lmsys/vicuna-7b-v1.5, or merge it with
 # scripts/merge_lora_weights.py. --token-reduction as in pretrain.sh.
+# This is how the released PruMerge checkpoints (yuzhang/llava-prumerge[-plus]-vicuna-7b-v1.5-lora) were trained:
+# the whole visual instruction tuning as LoRA on Vicuna, with the reduction on (TOKEN_REDUCTION=prumerge+ for plus).
 set -euo pipefail
 
 deepspeed llava/train/train_mem.py \

@@ -1,6 +1,7 @@
 #!/bin/bash
-# PruMerge's recipe: LoRA-finetune the released LLaVA-1.5-7B WITH visual-token reduction on, so the language
-# model learns to read the reduced tokens (how the published PruMerge / PruMerge+ checkpoints were made).
+# Adapt the released LLaVA-1.5-7B to PruMerge with a LoRA, the visual-token reduction on, so the language model
+# learns to read the reduced tokens (a shorter run than finetune_lora.sh, which trains the whole visual instruction
+# stage on Vicuna as the released PruMerge checkpoints were).
 #
 #   bash scripts/v1_5/finetune_task_lora.sh                    # PruMerge  -> ./checkpoints/llava-v1.5-7b-prumerge-lora
 #   PRUMERGE_PLUS=1 bash scripts/v1_5/finetune_task_lora.sh    # PruMerge+ -> ./checkpoints/llava-v1.5-7b-prumerge-plus-lora
