@@ -7,8 +7,8 @@ Endpoints (JSON POST, as upstream LLaVA's worker):
 
 * ``/worker_generate_stream`` {model, prompt, images: [base64], temperature, top_p, max_new_tokens, stop}:
   a stream of ``{"text": prompt + generated so far, "error_code": 0}`` objects, each followed by a NUL byte. The
-  last object also carries ``"visual_tokens"`` (tokens kept per image after reduction) and ``"token_reduction"``
-  (the mode). Failures (wrong image count, bad image, out of memory, ...) arrive as ``{"text": why,
+  last object also carries ``"visual_tokens"`` (tokens kept per image after reduction), ``"patches_per_image"``
+  (the tower's tokens per image before it) and ``"token_reduction"`` (the mode). Failures (wrong image count, bad image, out of memory, ...) arrive as ``{"text": why,
   "error_code": 1}`` instead of a dropped connection.
 * ``/worker_get_status``: ``{"model_names": [name], "speed": 1, "queue_length": n}``.
 
@@ -140,7 +140,9 @@ class ModelWorker:
             use_flash_attn=use_flash_attn, token_reduction=token_reduction, token_budget=token_budget,
         )
         self.is_multimodal = self.image_processor is not None
-        self.token_reduction_mode = self.model.get_vision_tower().token_reduction.mode if self.is_multimodal else None
+        tower = self.model.get_vision_tower() if self.is_multimodal else None
+        self.token_reduction_mode = tower.token_reduction.mode if tower is not None else None
+        self.patches_per_image = tower.num_patches if tower is not None else None
         if self.is_multimodal:
             logger.info("worker %s: %s", worker_id, self.model.get_vision_tower().token_reduction.describe())
         else:
@@ -315,7 +317,7 @@ class ModelWorker:
         if result.error is not None:
             raise result.error
         yield {"text": prompt + generated, "error_code": ERROR_NONE, "visual_tokens": result.visual_tokens,
-               "token_reduction": self.token_reduction_mode}
+               "patches_per_image": self.patches_per_image, "token_reduction": self.token_reduction_mode}
 
     def _prepare_images(self, prompt: str, images_b64: list[str]) -> tuple[str, dict[str, Any], int]:
         """Decode and preprocess the request's images.

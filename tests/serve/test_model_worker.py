@@ -140,6 +140,7 @@ def test_stream_through_controller_matches_the_model(cluster, demo_b64, tiny_loa
     assert final["text"] == prompt + answer
     assert final["token_reduction"] == "prumerge"
     assert final["visual_tokens"] == kept
+    assert final["patches_per_image"] == 576
     assert 1 <= kept[0] < 576  # 576 patches -> N kept
 
 
