@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 TINY    := .tiny
 TINY_CKPT := $(TINY)/llava-v1.5-tiny
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean browser
 
 venv: $(STAMP)
 
@@ -27,7 +27,13 @@ demo: $(TINY_CKPT)/config.json
 	$(PY) -m llava.eval.run_llava --model-path $(TINY_CKPT) --image-file assets/demo.png \
 		--query "What is shown in this image?" --max_new_tokens 24
 
-test: $(STAMP)
+# the web demo's tests drive Debian's chromium through playwright (never `playwright install`)
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "the web demo tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 clean:
