@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import DEMO_IMAGE, REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_IMAGE = REPO_ROOT / "assets" / "demo.png"
 
 
 def _load_predictor_module():

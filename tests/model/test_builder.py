@@ -8,79 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from loading_helpers import PEFT_RENAME_WARNING, copy_checkpoint, load, logits_of, perturb_
+from transformers import LlamaForCausalLM
 
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.builder import load_llava_config, load_pretrained_model
-
-PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
-# peft 0.21 calls a transformers method that transformers 5.23 renamed; nothing to act on here
-PEFT_RENAME_WARNING = "ignore:.*is_gradient_checkpointing.*:FutureWarning"
-LM_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-           "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "pad_token_id", "bos_token_id",
-           "eos_token_id")
-
-
-def load(path, base=None, name=None, **kwargs):
-    path = Path(path)
-    return load_pretrained_model(str(path), None if base is None else str(base), name or path.name,
-                                 device="cpu", **kwargs)
-
-
-def copy_checkpoint(src: Path, dst: Path, **config_updates) -> Path:
-    shutil.copytree(src, dst)
-    if config_updates:
-        data = json.loads((dst / "config.json").read_text())
-        data.update(config_updates)
-        (dst / "config.json").write_text(json.dumps(data, indent=2))
-    return dst
-
-
-def perturb_(module: torch.nn.Module, seed: int, std: float = 0.3) -> dict[str, torch.Tensor]:
-    """Fill every parameter of ``module`` with fresh random values; return copies of them."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * std)
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def inputs(tiny_checkpoint, demo_image):
-    """Prompt ids ``[1, T]`` and pixels ``[1, 3, 336, 336]`` for the tiny checkpoint."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    ids = torch.tensor([tokenizer_image_token(PROMPT, tokenizer)])
-    config = load_llava_config(tiny_checkpoint)
-    processor = AutoImageProcessor.from_pretrained(config.mm_vision_tower, backend="pil")
-    return ids, process_images([demo_image], processor, config)
-
-
-def logits_of(model, inputs) -> torch.Tensor:
-    ids, pixels = inputs
-    with torch.no_grad():
-        return model(input_ids=ids, images=pixels).logits
-
-
-@pytest.fixture(scope="module")
-def base_lm(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A plain Llama LM (no vision keys) holding the tiny checkpoint's language-model weights."""
-    folder = tmp_path_factory.mktemp("bases") / "vicuna-tiny"
-    data = json.loads((tiny_checkpoint / "config.json").read_text())
-    weights = load_file(tiny_checkpoint / "model.safetensors")
-    lm_weights = {k: v.float() for k, v in weights.items() if "mm_projector" not in k}
-    model = LlamaForCausalLM(LlamaConfig(**{k: data[k] for k in LM_KEYS}))
-    model.load_state_dict(lm_weights, strict=True)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(folder)
-    return folder
 
 
 # ---------------------------------------------------------------- (a) full checkpoint
@@ -324,152 +263,7 @@ def test_flash_attn_on_cpu_falls_back_to_sdpa(tiny_checkpoint, caplog, kwargs):
     assert any("flash-attn" in m and "sdpa" in m for m in messages), messages
 
 
-# ---------------------------------------------------------------- (h) token reduction from kwargs, config, name
-
-
-def reduction_of(model):
-    return model.get_vision_tower().token_reduction
-
-
-def test_token_reduction_default_is_logged_once(tiny_checkpoint, caplog):
-    caplog.set_level(logging.INFO, logger="llava")
-    _, model, _, _ = load(tiny_checkpoint)
-    assert (reduction_of(model).mode, reduction_of(model).budget, reduction_of(model).source) == (
-        "prumerge", None, "default"
-    )
-    messages = [r.getMessage() for r in caplog.records if "token reduction" in r.getMessage()]
-    assert len(messages) == 1, messages
-    assert "prumerge" in messages[0] and "default" in messages[0]
-
-
-def test_token_reduction_kwargs(tiny_checkpoint, inputs, caplog):
-    caplog.set_level(logging.INFO, logger="llava")
-    _, model, _, _ = load(tiny_checkpoint, token_reduction="none")
-    assert (reduction_of(model).mode, reduction_of(model).source) == ("none", "flag")
-    assert model.config.mm_token_reduction == "none"
-
-    _, model, _, _ = load(tiny_checkpoint, token_reduction="prumerge_plus", token_budget=8)
-    assert (reduction_of(model).mode, reduction_of(model).budget, reduction_of(model).source) == (
-        "prumerge+", 8, "flag"
-    )
-    logits_of(model, inputs)
-    assert model.last_visual_token_counts == [9]  # 8 centres + the extra token
-    messages = [r.getMessage() for r in caplog.records if "token reduction" in r.getMessage()]
-    assert len(messages) == 2  # once per load
-
-
-def test_token_reduction_config_keys(tiny_checkpoint, tmp_path):
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-v1.5-tiny",
-                             mm_token_reduction="prumerge+", mm_token_budget=16)
-    _, model, _, _ = load(folder)
-    assert (reduction_of(model).mode, reduction_of(model).budget, reduction_of(model).source) == (
-        "prumerge+", 16, "config"
-    )
-    # the flag beats the config
-    _, model, _, _ = load(folder, token_reduction="none", token_budget=4)
-    assert (reduction_of(model).mode, reduction_of(model).budget, reduction_of(model).source) == (
-        "none", 4, "flag"
-    )
-
-
-@pytest.mark.parametrize("name", ["llava-v1.5-tiny-prumerge-plus", "llava-v1.5-tiny-prumerge_plus-lora-merged"])
-def test_token_reduction_checkpoint_name_rule(tiny_checkpoint, tmp_path, name):
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / name)
-    _, model, _, _ = load(folder, name=name.replace("-lora", ""))
-    assert (reduction_of(model).mode, reduction_of(model).source) == ("prumerge+", "checkpoint name")
-
-
-def test_token_reduction_config_beats_name_and_parents_do_not_count(tiny_checkpoint, tmp_path):
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-tiny-prumerge-plus", mm_token_reduction="prumerge")
-    _, model, _, _ = load(folder)
-    assert (reduction_of(model).mode, reduction_of(model).source) == ("prumerge", "config")
-
-    # a plain checkpoint that lives under a folder named like a PruMerge+ run is a plain checkpoint
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "prumerge-plus-runs" / "llava-v1.5-tiny")
-    _, model, _, _ = load(folder)
-    assert (reduction_of(model).mode, reduction_of(model).source) == ("prumerge", "default")
-
-
-def test_unknown_token_reduction_kwarg(tiny_checkpoint):
-    with pytest.raises(ValueError, match=r"unknown --token-reduction 'fast'.*'none', 'prumerge', 'prumerge\+'"):
-        load(tiny_checkpoint, token_reduction="fast")
-    with pytest.raises(ValueError, match=r"--token-budget must be a positive integer or null, got 0"):
-        load(tiny_checkpoint, token_budget=0)
-
-
-# ---------------------------------------------------------------- bad input
-
-
-def test_missing_model_path(tiny_checkpoint, tmp_path):
-    missing = tmp_path / "llava-v1.5-7b-nowhere"
-    with pytest.raises(FileNotFoundError, match=re.escape(f"model_path '{missing}' does not exist")):
-        load(missing)
-    with pytest.raises(FileNotFoundError, match="model_base '/no/such/vicuna' does not exist"):
-        load(tiny_checkpoint, base="/no/such/vicuna", name="llava-v1.5-tiny-lora")
-
-
-def test_config_without_vision_tower(tiny_checkpoint, tmp_path):
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-broken")
-    data = json.loads((folder / "config.json").read_text())
-    del data["mm_vision_tower"]
-    (folder / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError) as info:
-        load(folder)
-    assert str(folder / "config.json") in str(info.value)
-    assert "mm_vision_tower is missing" in str(info.value)
-
-
-def test_vision_tower_pointing_at_a_missing_folder(tiny_checkpoint, tmp_path):
-    gone = tmp_path / "gone" / "clip-vit-large-patch14-336"
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-moved", mm_vision_tower=str(gone))
-    with pytest.raises(FileNotFoundError) as info:
-        load(folder)
-    assert "mm_vision_tower" in str(info.value) and str(gone) in str(info.value)
-    assert str(folder / "config.json") in str(info.value)
-
-
-def test_invalid_json_config(tiny_checkpoint, tmp_path):
-    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-badjson")
-    (folder / "config.json").write_text('{\n  "model_type": "llava",\n  "hidden_size": 64,,\n}\n')
-    with pytest.raises(ValueError) as info:
-        load(folder)
-    message = str(info.value)
-    assert str(folder / "config.json") in message and "line 3" in message, message
-
-
-def test_corrupt_non_lora_trainables(tiny_checkpoint, base_lm, tmp_path):
-    folder = tmp_path / "llava-v1.5-tiny-lora"
-    folder.mkdir()
-    shutil.copyfile(tiny_checkpoint / "config.json", folder / "config.json")
-    (folder / "non_lora_trainables.bin").write_bytes(b"this is not a torch pickle")
-    with pytest.raises(ValueError) as info:
-        load(folder, base=base_lm)
-    assert str(folder / "non_lora_trainables.bin") in str(info.value)
-
-
-def test_lora_without_non_lora_trainables(tiny_checkpoint, base_lm, tmp_path):
-    folder = tmp_path / "llava-v1.5-tiny-lora"
-    folder.mkdir()
-    shutil.copyfile(tiny_checkpoint / "config.json", folder / "config.json")
-    with pytest.raises(FileNotFoundError, match="non_lora_trainables"):
-        load(folder, base=base_lm)
-
-
-def test_lora_without_model_base(tiny_checkpoint, tmp_path):
-    folder = tmp_path / "llava-v1.5-tiny-lora"
-    folder.mkdir()
-    shutil.copyfile(tiny_checkpoint / "config.json", folder / "config.json")
-    with pytest.raises(ValueError, match=r"LoRA checkpoint .*--model-base"):
-        load(folder)
-
-
-def test_config_without_weights(tiny_checkpoint, tmp_path):
-    folder = tmp_path / "llava-no-weights"
-    folder.mkdir()
-    for name in ("config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copyfile(tiny_checkpoint / name, folder / name)
-    with pytest.raises(OSError, match=re.escape(f"could not load model weights from {folder}")):
-        load(folder)
+# ---------------------------------------------------------------- devices, plain LM + LoRA, tokenizer
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without CUDA")
