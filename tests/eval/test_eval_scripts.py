@@ -40,7 +40,19 @@ def test_script_parses_and_references_existing_code(name):
         path = REPO / file.replace("$REPO_ROOT/", "")
         assert path.is_file(), f"{name}.sh runs missing file {file}"
     assert 'source "$(dirname "${BASH_SOURCE[0]}")/_model_args.sh"' in code  # the shared environment handling
+    if "answer_in_chunks " in code:  # the chunked runner passes MODEL_ARGS on (test_shared_chunked_runner)
+        assert 'source "$(dirname "${BASH_SOURCE[0]}")/_chunked_answers.sh"' in code
+    else:
+        assert "\"${MODEL_ARGS[@]}\"" in code
+
+
+def test_shared_chunked_runner():
+    shared = SCRIPTS / "_chunked_answers.sh"
+    assert subprocess.run(["bash", "-n", str(shared)]).returncode == 0
+    code = shared.read_text()
     assert "\"${MODEL_ARGS[@]}\"" in code
+    for module in re.findall(r"python -m ([\w.]+)", code):
+        assert importlib.util.find_spec(module) is not None
 
 
 def test_shared_model_args_pass_the_reduction_flags():

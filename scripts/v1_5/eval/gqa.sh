@@ -12,31 +12,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/_model_args.sh"  # MODEL_PATH, CKPT, EVAL
 SPLIT="llava_gqa_testdev_balanced"
 GQADIR="$EVAL_DIR/gqa/data"
 
-# One chunk per visible GPU, run in parallel; a failed chunk stops the script before merging.
-gpu_list="${CUDA_VISIBLE_DEVICES:-0}"
-IFS=',' read -ra GPULIST <<< "$gpu_list"
-CHUNKS=${#GPULIST[@]}
-
-pids=()
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    CUDA_VISIBLE_DEVICES=${GPULIST[$IDX]} python -m llava.eval.model_vqa_loader \
-        "${MODEL_ARGS[@]}" \
-        --question-file "$EVAL_DIR/gqa/$SPLIT.jsonl" \
-        --image-folder "$EVAL_DIR/gqa/data/images" \
-        --answers-file "$EVAL_DIR/gqa/answers/$SPLIT/$CKPT/${CHUNKS}_${IDX}.jsonl" \
-        --num-chunks "$CHUNKS" \
-        --chunk-idx "$IDX" \
-        --temperature 0 \
-        --conv-mode vicuna_v1 "$@" &
-    pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
-
-output_file="$EVAL_DIR/gqa/answers/$SPLIT/$CKPT"/merge.jsonl
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    cat "$EVAL_DIR/gqa/answers/$SPLIT/$CKPT"/${CHUNKS}_${IDX}.jsonl
-done > "$output_file.tmp"
-mv "$output_file.tmp" "$output_file"
+# One chunk per visible GPU, run in parallel, merged in order into $output_file (see _chunked_answers.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/_chunked_answers.sh"
+answer_in_chunks "$EVAL_DIR/gqa/$SPLIT.jsonl" \
+    "$EVAL_DIR/gqa/data/images" \
+    "$EVAL_DIR/gqa/answers/$SPLIT/$CKPT" "$@"
 
 python scripts/convert_gqa_for_eval.py --src "$output_file" --dst "$GQADIR/testdev_balanced_predictions.json"
 

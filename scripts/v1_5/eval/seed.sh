@@ -9,31 +9,11 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/_model_args.sh"  # MODEL_PATH, CKPT, EVAL_DIR, MODEL_ARGS
 
-# One chunk per visible GPU, run in parallel; a failed chunk stops the script before merging.
-gpu_list="${CUDA_VISIBLE_DEVICES:-0}"
-IFS=',' read -ra GPULIST <<< "$gpu_list"
-CHUNKS=${#GPULIST[@]}
-
-pids=()
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    CUDA_VISIBLE_DEVICES=${GPULIST[$IDX]} python -m llava.eval.model_vqa_loader \
-        "${MODEL_ARGS[@]}" \
-        --question-file "$EVAL_DIR/seed_bench/llava-seed-bench.jsonl" \
-        --image-folder "$EVAL_DIR/seed_bench" \
-        --answers-file "$EVAL_DIR/seed_bench/answers/$CKPT/${CHUNKS}_${IDX}.jsonl" \
-        --num-chunks "$CHUNKS" \
-        --chunk-idx "$IDX" \
-        --temperature 0 \
-        --conv-mode vicuna_v1 "$@" &
-    pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
-
-output_file="$EVAL_DIR/seed_bench/answers/$CKPT"/merge.jsonl
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    cat "$EVAL_DIR/seed_bench/answers/$CKPT"/${CHUNKS}_${IDX}.jsonl
-done > "$output_file.tmp"
-mv "$output_file.tmp" "$output_file"
+# One chunk per visible GPU, run in parallel, merged in order into $output_file (see _chunked_answers.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/_chunked_answers.sh"
+answer_in_chunks "$EVAL_DIR/seed_bench/llava-seed-bench.jsonl" \
+    "$EVAL_DIR/seed_bench" \
+    "$EVAL_DIR/seed_bench/answers/$CKPT" "$@"
 
 python scripts/convert_seed_for_submission.py \
     --annotation-file "$EVAL_DIR/seed_bench/SEED-Bench.json" \
