@@ -51,3 +51,30 @@ def demo_image():
     from PIL import Image
 
     return Image.open(DEMO_IMAGE).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny16_root(tmp_path_factory) -> Path:
+    """Folder holding a CLIP folder and ``llava-v1.6-vicuna-tiny/`` (the released LLaVA-1.6 layout)."""
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny16")
+    make_tiny_checkpoint(root, layout="v1.6")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny16_checkpoint(tiny16_root) -> Path:
+    """A tiny LLaVA-1.6 checkpoint: anyres, spatial_unpad, image_newline and the finetuned CLIP inside its
+    model.safetensors (unfreeze_mm_vision_tower: true)."""
+    return tiny16_root / "llava-v1.6-vicuna-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny16_loaded(tiny16_checkpoint):
+    """``load_pretrained_model`` on the tiny LLaVA-1.6 checkpoint, CPU fp32, token reduction none. Shared:
+    tests must not modify it (set a reduction on a model of their own)."""
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny16_checkpoint), None, "llava-v1.6-vicuna-tiny", device="cpu",
+                                 token_reduction="none")

@@ -11,33 +11,9 @@ from typing import Any
 import torch
 
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from ..conv_mode import choose_conv_mode, infer_conv_mode  # noqa: F401 (re-exported from their old home)
 
 logger = logging.getLogger(__name__)
-
-
-def infer_conv_mode(model_name: str) -> str:
-    """The conversation template upstream picks from a model's name (``llava-v1.5-7b`` -> "llava_v1")."""
-    name = model_name.lower()
-    if "llama-2" in name:
-        return "llava_llama_2"
-    if "mistral" in name:
-        return "mistral_instruct"
-    if "v1.6-34b" in name:
-        return "chatml_direct"
-    if "v1" in name:
-        return "llava_v1"
-    if "mpt" in name:
-        return "mpt"
-    return "llava_v0"
-
-
-def choose_conv_mode(model_name: str, requested: str | None) -> str:
-    """``requested`` when given (warning if it differs from the name's choice), else the inferred one."""
-    inferred = infer_conv_mode(model_name)
-    if requested and requested != inferred:
-        logger.warning("the model name suggests conv mode %r; using --conv-mode %r as asked", inferred, requested)
-        return requested
-    return inferred
 
 
 def add_image_tokens(query: str, num_images: int, use_im_start_end: bool) -> str:
@@ -75,11 +51,19 @@ def default_device() -> str:
 def visual_token_summary(model) -> str:
     """``"576 -> 33 (prumerge)"`` for the last encoded batch (several images: ``"576 -> 33, 41 (prumerge)"``).
 
-    The left side is the tower's patch count per image (per tile for anyres inputs).
+    The left side is the patches the tower encoded for the image (anyres: tiles x 576, ``"2880 -> 212"`` for a
+    672x672 LLaVA-1.6 image), the right side the visual tokens the language model read (after reduction and, for
+    LLaVA-1.6, the spatial layout with its row newlines). Images with different patch counts are listed in pairs:
+    ``"576 -> 33, 2880 -> 212 (prumerge)"``.
     """
     tower = model.get_vision_tower()
-    after = ", ".join(str(c) for c in model.last_visual_token_counts)
-    return f"{tower.num_patches} -> {after} ({tower.token_reduction.mode})"
+    after = list(model.last_visual_token_counts)
+    before = list(getattr(model, "last_visual_patch_counts", None) or [tower.num_patches] * len(after))
+    if len(set(before)) <= 1:
+        text = f"{before[0] if before else tower.num_patches} -> {', '.join(str(c) for c in after)}"
+    else:
+        text = ", ".join(f"{b} -> {a}" for b, a in zip(before, after))
+    return f"{text} ({tower.token_reduction.mode})"
 
 
 def configure_logging(level: int = logging.INFO) -> None:

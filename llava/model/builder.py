@@ -25,7 +25,19 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from .._tokenization import load_tokenizer
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from .checkpoint_io import load_projector_weights, load_non_lora_trainables
+from .._image_processing import parse_grid_pinpoints
+from .anyres_layout import validate_merge_type
+from .checkpoint_io import (
+    VISION_TOWER_PREFIX,
+    checkpoint_weight_files,
+    clean_non_lora_keys,
+    find_weight_file,
+    load_into,
+    load_vision_tower_weights,
+    read_prefixed_weights,
+    read_weight_file,
+    vision_tower_state,
+)
 from .configuration_llava import LlavaConfig, LlavaMistralConfig
 from .language_model.llava_llama import LlavaLlamaForCausalLM
 from .language_model.llava_mistral import LlavaMistralForCausalLM
@@ -131,8 +143,22 @@ def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = T
     if require_vision_tower:
         check_vision_tower(data.get("mm_vision_tower"), config_file(path))
     config = config_class.from_dict(data)
+    validate_multimodal_config(config, str(config_file(path)))
     config._name_or_path = str(path)
     return config
+
+
+def validate_multimodal_config(config, where: str) -> None:
+    """Check ``mm_patch_merge_type`` and, for anyres models, ``image_grid_pinpoints``; errors name ``where``
+    (the config.json file, or "overwrite_config") with the key and its value."""
+    validate_merge_type(getattr(config, "mm_patch_merge_type", None), f"{where}: key mm_patch_merge_type")
+    aspect = getattr(config, "image_aspect_ratio", None) or ""
+    if aspect.startswith("anyres"):
+        try:
+            parse_grid_pinpoints(getattr(config, "image_grid_pinpoints", None))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: key image_grid_pinpoints (needed by image_aspect_ratio {aspect!r}): {err}"
+                             ) from None
 
 
 def check_vision_tower(tower: str | None, where: Path) -> None:
@@ -218,15 +244,16 @@ def load_pretrained_model(
     if not is_llava and os.path.isfile(os.path.join(model_path, "config.json")):
         is_llava = "mm_vision_tower" in read_config_json(model_path)
 
+    tower_weights = None
     if is_llava:
-        tokenizer, model = _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config,
-                                       model_kwargs)
+        tokenizer, model, tower_weights = _load_llava(model_path, model_base, is_lora, customized_config,
+                                                      overwrite_config, model_kwargs)
     else:
         tokenizer, model = _load_language_model(model_path, model_base, model_kwargs)
 
     image_processor = None
     if is_llava:
-        image_processor = _prepare_vision(model, tokenizer, plan)
+        image_processor = _prepare_vision(model, tokenizer, plan, tower_weights)
         reduction = resolve_token_reduction(
             flag_mode=token_reduction,
             flag_budget=token_budget,
@@ -254,7 +281,20 @@ def _check_local_path(path: str, what: str) -> None:
     # "org/name": a hub id. from_pretrained will try the hub (and say so if offline).
 
 
+@dataclass
+class _TowerWeights:
+    """A finetuned vision tower's weights found in a checkpoint (LLaVA-1.6), and where they came from."""
+
+    state: dict
+    source: str
+
+
 def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config, model_kwargs):
+    """Build the LLaVA model from its files; return ``(tokenizer, model, tower weights or None)``.
+
+    The vision tower itself is loaded afterwards (``_prepare_vision``); its finetuned weights are read here,
+    with the LoRA / projector file that may carry them.
+    """
     if is_lora and model_base is None:
         raise ValueError(
             f"{model_path} is a LoRA checkpoint (adapter weights only): pass the base LM with --model-base "
@@ -268,32 +308,83 @@ def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_co
         config = customized_config
     for key, value in overwrite_config.items():
         setattr(config, key, value)
+    if overwrite_config:
+        validate_multimodal_config(config, "overwrite_config")
     if overwrite_config.get("mm_vision_tower"):
         check_vision_tower(config.mm_vision_tower, Path(model_path) / "config.json")
     model_class = LLAVA_MODEL_TYPES[config.model_type][1]
 
-    if model_base is None:
-        tokenizer = load_tokenizer(model_path)
-        model = _from_pretrained(model_class, model_path, config=config, **model_kwargs)
-        return tokenizer, model
-
-    tokenizer = load_tokenizer(model_base)
-    logger.info("loading the base LM from %s", model_base)
-    model = _from_pretrained(model_class, model_base, config=config, **model_kwargs)
+    weights_folder = model_path if model_base is None else model_base
+    tokenizer = load_tokenizer(weights_folder)
+    if model_base is not None:
+        logger.info("loading the base LM from %s", model_base)
+    model, info = _from_pretrained(model_class, weights_folder, config=config, output_loading_info=True,
+                                   **model_kwargs)
+    missing = set(info.get("missing_keys", ()))
+    extra_state, extra_file = _read_extra_weights(model, model_path, model_base, is_lora)
+    own_state = {k: v for k, v in extra_state.items() if not k.startswith(VISION_TOWER_PREFIX)}
+    if extra_file is not None:
+        load_into(model, own_state, extra_file)
+    missing -= set(own_state)
+    if getattr(model.get_model(), "image_newline", None) is not None and "model.image_newline" in missing:
+        where = weights_folder if extra_file is None else f"{weights_folder} nor {extra_file}"
+        raise ValueError(
+            f"mm_patch_merge_type {config.mm_patch_merge_type!r} needs the weight model.image_newline, and neither "
+            f"{where} holds it: is this a LLaVA-1.6 checkpoint?"
+        )
+    tower = _tower_weights(config, weights_folder, extra_state, extra_file,
+                           projector_only=model_base is not None and not is_lora)
     if is_lora:
-        _apply_lora(model, model_path)
         model = _merge_lora(model, model_path)
-    else:
-        load_projector_weights(model, model_path)
-    return tokenizer, model
+    return tokenizer, model, tower
 
 
-def _apply_lora(model, model_path: str) -> None:
-    """Load ``non_lora_trainables`` (projector, and whatever else the run trained) into ``model``."""
-    token_rows = model.lm_head.weight.shape[0]
-    if token_rows != model.config.vocab_size:  # the LoRA run added tokens
-        model.resize_token_embeddings(model.config.vocab_size)
-    load_non_lora_trainables(model, model_path)
+def _read_extra_weights(model, model_path, model_base, is_lora) -> tuple[dict, Path | None]:
+    """The weights a LoRA run (``non_lora_trainables``) or a pretraining run (``mm_projector``) saved beside it."""
+    if model_base is None:
+        return {}, None
+    if is_lora:
+        if model.lm_head.weight.shape[0] != model.config.vocab_size:  # the LoRA run added tokens
+            model.resize_token_embeddings(model.config.vocab_size)
+        file = find_weight_file(model_path, "non_lora_trainables")
+        if file is None:
+            raise FileNotFoundError(
+                f"{model_path} has no non_lora_trainables.bin (nor .safetensors): the projector weights of a "
+                "LoRA run are saved there"
+            )
+        return clean_non_lora_keys(read_weight_file(file)), file
+    file = find_weight_file(model_path, "mm_projector")
+    if file is None:
+        raise FileNotFoundError(f"{model_path} has no mm_projector.bin (nor .safetensors), and no adapter_config.json")
+    return {k: v.to(model.dtype) for k, v in read_weight_file(file).items()}, file
+
+
+def _tower_weights(config, weights_folder, extra_state, extra_file, *, projector_only: bool) -> _TowerWeights | None:
+    """The finetuned tower weights of a checkpoint whose config says ``unfreeze_mm_vision_tower: true``.
+
+    Read from the model's weight files, then the LoRA run's ``non_lora_trainables`` / ``mm_projector`` file on top.
+    A full or LoRA checkpoint without any is an error; a projector checkpoint (pretraining never trains the tower)
+    runs the ``mm_vision_tower`` folder's weights.
+    """
+    if not config.unfreeze_mm_vision_tower:
+        return None
+    state = vision_tower_state(read_prefixed_weights(checkpoint_weight_files(weights_folder), VISION_TOWER_PREFIX))
+    sources = [str(weights_folder)] if state else []
+    from_extra = vision_tower_state(extra_state)
+    if from_extra:
+        state.update(from_extra)
+        sources.append(str(extra_file))
+    if state:
+        return _TowerWeights(state, " + ".join(sources))
+    if projector_only:
+        logger.info("unfreeze_mm_vision_tower: no tower weights beside the projector; running %s's weights",
+                    config.mm_vision_tower)
+        return None
+    where = str(weights_folder) if extra_file is None else f"{weights_folder} nor {extra_file}"
+    raise ValueError(
+        f"config.json says unfreeze_mm_vision_tower: true (a finetuned vision tower), but neither {where} holds its "
+        f"weights ({VISION_TOWER_PREFIX}vision_model.*)"
+    )
 
 
 def _merge_lora(model, model_path: str):
@@ -316,7 +407,7 @@ def _load_language_model(model_path, model_base, model_kwargs):
     return tokenizer, _merge_lora(model, model_path)
 
 
-def _prepare_vision(model, tokenizer, plan: DevicePlan):
+def _prepare_vision(model, tokenizer, plan: DevicePlan, tower_weights: _TowerWeights | None = None):
     """Add LLaVA's optional image tokens, load the CLIP tower next to the LM; return its image processor."""
     config = model.config
     added = 0
@@ -331,5 +422,7 @@ def _prepare_vision(model, tokenizer, plan: DevicePlan):
     if tower is None:
         raise ValueError(f"{config._name_or_path}: the config names no vision tower (mm_vision_tower)")
     tower.load_model(device_map=plan.device_map if plan.device.startswith("cuda") else None)
+    if tower_weights is not None:  # LLaVA-1.6: the checkpoint's finetuned CLIP, not mm_vision_tower's
+        load_vision_tower_weights(tower.vision_tower, tower_weights.state, tower_weights.source)
     tower.to(device=plan.device, dtype=plan.dtype)
     return tower.image_processor

@@ -78,3 +78,76 @@ def load_projector_weights(model: torch.nn.Module, folder: str | os.PathLike) ->
         raise FileNotFoundError(f"{folder} has no mm_projector.bin (nor .safetensors), and no adapter_config.json")
     state = {k: v.to(model.dtype) for k, v in read_weight_file(file).items()}
     load_into(model, state, file)
+
+
+#: where a finetuned vision tower's weights sit in a LLaVA checkpoint (LLaVA-1.6: unfreeze_mm_vision_tower), and
+#: the CLIPModel-layout infix upstream's transformers 4.x wrote after it (transformers 5's CLIPVisionModel has none)
+VISION_TOWER_PREFIX = "model.vision_tower.vision_tower."
+_CLIP_VISION_INFIX = "vision_model."
+#: buffers older transformers saved with the weights; not parameters, so they are skipped when present
+_SKIPPED_TOWER_KEYS = frozenset({"embeddings.position_ids"})
+
+
+def checkpoint_weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The model weight files of a checkpoint folder: safetensors shards (or the single file), else .bin ones."""
+    folder = Path(folder)
+    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
+    return []
+
+
+def read_prefixed_weights(files: list[Path], prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor whose key starts with ``prefix`` in ``files`` (safetensors read lazily, key by key)."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as handle:
+                    for key in handle.keys():
+                        if key.startswith(prefix):
+                            found[key] = handle.get_tensor(key)
+            except Exception as err:
+                raise ValueError(f"could not read weights from {file}: {err}") from err
+        else:
+            found.update({k: v for k, v in read_weight_file(file).items() if k.startswith(prefix)})
+    return found
+
+
+def vision_tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint keys ``model.vision_tower.vision_tower[.vision_model].X`` -> the tower model's keys ``X``."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(VISION_TOWER_PREFIX):
+            continue
+        name = key[len(VISION_TOWER_PREFIX):].removeprefix(_CLIP_VISION_INFIX)
+        if name not in _SKIPPED_TOWER_KEYS:
+            out[name] = value
+    return out
+
+
+def load_vision_tower_weights(tower_model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a finetuned CLIP tower's weights (keys as ``vision_tower_state`` gives them) into ``tower_model``.
+
+    Every parameter of the tower must be given, with its shape, and every given weight must be a parameter:
+    a missing, extra or mis-shaped weight is a ValueError naming it and ``source``.
+    """
+    own = {k: v for k, v in tower_model.state_dict().items() if k not in _SKIPPED_TOWER_KEYS}
+    full = {VISION_TOWER_PREFIX + _CLIP_VISION_INFIX + k for k in own}
+    missing = sorted(VISION_TOWER_PREFIX + _CLIP_VISION_INFIX + k for k in own if k not in state)
+    extra = sorted(VISION_TOWER_PREFIX + _CLIP_VISION_INFIX + k for k in state if k not in own)
+    if missing:
+        raise ValueError(f"{source}: the finetuned vision tower (unfreeze_mm_vision_tower) lacks {len(missing)} of "
+                         f"its {len(full)} weights, e.g. {', '.join(missing[:3])}")
+    if extra:
+        raise ValueError(f"{source}: {len(extra)} vision tower weights match no parameter of the CLIP tower "
+                         f"{type(tower_model).__name__}, e.g. {', '.join(extra[:3])}")
+    wrong = [f"{VISION_TOWER_PREFIX}{_CLIP_VISION_INFIX}{k}: file {tuple(v.shape)} vs tower {tuple(own[k].shape)}"
+             for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{source}: shape mismatch for {len(wrong)} vision tower weights, e.g. {'; '.join(wrong[:3])}")
+    tower_model.load_state_dict(state, strict=False)
+    logger.info("loaded the finetuned vision tower (%d weights) from %s", len(state), source)

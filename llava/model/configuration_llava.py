@@ -40,6 +40,9 @@ class LlavaMultimodalFields:
     tune_mm_mlp_adapter: bool = False
     freeze_mm_mlp_adapter: bool = False
     unfreeze_mm_vision_tower: bool = False
+    """LLaVA-1.6: the CLIP tower was finetuned; its weights are in the checkpoint (``model.vision_tower.*``)."""
+    mm_vision_tower_lr: float | None = None
+    """Learning rate of the vision tower when it is trained (LLaVA-1.6: 2e-6); None: the run's learning rate."""
     mm_token_reduction: str | None = None
     """"none" | "prumerge" | "prumerge+"; None means "decide from the checkpoint name" (see token_reduction.py)."""
     mm_token_budget: int | None = None

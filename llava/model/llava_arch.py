@@ -11,12 +11,14 @@ import logging
 import torch
 from torch import nn
 
+from .._image_processing import get_anyres_image_grid_shape
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN, IMAGE_TOKEN_INDEX
+from .anyres_layout import layout_anyres_image, unpad_image, validate_merge_type
 from .multimodal_encoder.builder import build_vision_tower, vision_tower_name
 from .multimodal_encoder.clip_encoder import CLIPVisionTower
 from .multimodal_projector.builder import build_vision_projector
 from .multimodal_splice import splice_image_features
-from .token_reduction import resolve_token_reduction
+from .token_reduction import resolve_token_reduction, split_budget
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class LlavaMetaModel:
             self.vision_tower = build_vision_tower(config, delay_load=True)
             self.mm_projector = build_vision_projector(config)
             if "unpad" in (config.mm_patch_merge_type or ""):
+                # [D]: ends every row of an anyres image's grid; loaded from the checkpoint (model.image_newline)
                 self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
@@ -46,6 +49,7 @@ class LlavaMetaModel:
         mm_token_reduction / mm_token_budget.
         """
         config = self.config
+        validate_merge_type(model_args.mm_patch_merge_type, "--mm_patch_merge_type")
         config.mm_vision_tower = model_args.vision_tower
         config.mm_vision_select_layer = model_args.mm_vision_select_layer
         config.mm_vision_select_feature = model_args.mm_vision_select_feature
@@ -102,41 +106,90 @@ class LlavaMetaForCausalLM:
             ``[B, N, D]`` without token reduction (as upstream), else B tensors ``[n_i, D]``.
         """
         features = self.get_model().get_vision_tower()(images)
-        projector = self.get_model().mm_projector
         # The tower answers in the images' dtype (as upstream); callers such as lmms-eval send float16 pixels
-        # whatever the model's dtype (float32 on CPU, bfloat16...), so meet the projector's dtype here.
-        weight = next(projector.parameters(), None)
+        # whatever the model's dtype (float32 on CPU, bfloat16...), so the projector's dtype is met in _project.
         if isinstance(features, torch.Tensor):
+            projector = self.get_model().mm_projector
+            weight = next(projector.parameters(), None)
             return projector(features if weight is None else features.to(weight.dtype))
+        return self._project(features)
+
+    def _project(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Projector on B tensors ``[n_i, C]`` at once -> B tensors ``[n_i, D]`` (in the projector's dtype)."""
+        projector = self.get_model().mm_projector
+        weight = next(projector.parameters(), None)
         lengths = [f.shape[0] for f in features]
         stacked = torch.cat(features, dim=0)  # [sum n_i, C]
         return list(projector(stacked if weight is None else stacked.to(weight.dtype)).split(lengths, dim=0))
 
-    def _image_features_per_image(self, images) -> list[torch.Tensor]:
+    def _image_features_per_image(self, images, image_sizes=None) -> list[torch.Tensor]:
         """Encode a batch of images or anyres tile stacks into one ``[n_i, D]`` tensor per image.
 
-        ``images`` is ``[B, 3, H, W]``, ``[B, T, 3, H, W]`` or a list of ``[T_i, 3, H, W]`` / ``[3, H, W]``.
-        Tiles of one image are encoded (and reduced) separately, then concatenated ("flat" merge).
+        ``images`` is ``[B, 3, H, W]`` (one tile each, concatenated as upstream does), or, for anyres inputs,
+        ``[B, T, 3, H, W]`` or a list of ``[T_i, 3, H, W]`` / ``[3, H, W]``: every tile is encoded (and reduced on
+        its own CLS attention), then the image's tiles are laid out by ``mm_patch_merge_type``
+        (``anyres_layout.layout_anyres_image``), which needs ``image_sizes`` (original ``(width, height)`` per
+        image) for an anyres image with a spatial merge.
+
+        Sets ``last_visual_token_counts`` (tokens per image the LM reads) and ``last_visual_patch_counts`` (the
+        patches the tower encoded for it: tiles x N).
         """
-        merge_type = self.config.mm_patch_merge_type
-        if merge_type != "flat":
-            raise NotImplementedError(
-                f"mm_patch_merge_type {merge_type!r} (LLaVA-1.6 spatial merging) is not supported; use 'flat'"
-            )
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            tiles, tiles_per_image = images, [1] * images.shape[0]
-        else:
+        config = self.config
+        merge_type = validate_merge_type(config.mm_patch_merge_type, "config key mm_patch_merge_type")
+        tower = self.get_vision_tower()
+        per_image_layout = not (isinstance(images, torch.Tensor) and images.dim() == 4)
+        if per_image_layout:
             stacks = [im.unsqueeze(0) if im.dim() == 3 else im for im in images]
             tiles, tiles_per_image = torch.cat(stacks, dim=0), [s.shape[0] for s in stacks]
-        per_tile = self.encode_images(tiles)
-        per_tile = list(per_tile) if isinstance(per_tile, torch.Tensor) else per_tile
-        self.last_visual_token_counts = []
+        else:
+            tiles, tiles_per_image = images, [1] * images.shape[0]
+        budgets = None
+        if tower.token_reduction.enabled:
+            budgets = [b for count in tiles_per_image for b in split_budget(tower.token_reduction.budget, count)]
+        encoded = tower.encode(tiles, budgets)
+        per_tile = self._project(encoded.tokens)
+
+        spatial = per_image_layout and merge_type != "flat"
+        if spatial and image_sizes is not None and len(image_sizes) != len(tiles_per_image):
+            raise ValueError(f"{len(tiles_per_image)} images were given but {len(image_sizes)} image_sizes")
+        newline = getattr(self.get_model(), "image_newline", None)
         out, cursor = [], 0
-        for count in tiles_per_image:
-            out.append(torch.cat(per_tile[cursor : cursor + count], dim=0))
-            self.last_visual_token_counts.append(int(out[-1].shape[0]))
+        for i, count in enumerate(tiles_per_image):
+            span = slice(cursor, cursor + count)
             cursor += count
+            if not spatial:
+                out.append(torch.cat(per_tile[span], dim=0))
+                continue
+            grid_shape = image_size = None
+            if count > 1:
+                grid_shape, image_size = self._anyres_grid(i, image_sizes)
+            out.append(layout_anyres_image(
+                per_tile[span], None if encoded.kept is None else encoded.kept[span], merge_type=merge_type,
+                patches_per_side=tower.num_patches_per_side, grid_shape=grid_shape, image_size=image_size,
+                image_newline=newline, image_index=i,
+            ))
+        self.last_visual_token_counts = [int(f.shape[0]) for f in out]
+        self.last_visual_patch_counts = [count * tower.num_patches for count in tiles_per_image]
         return out
+
+    def _anyres_grid(self, image_index: int, image_sizes) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((nw, nh), (width, height))`` of image ``image_index``'s anyres tile grid, from config and image_sizes."""
+        config = self.config
+        aspect = config.image_aspect_ratio or ""
+        if not aspect.startswith("anyres"):
+            raise ValueError(
+                f"mm_patch_merge_type {config.mm_patch_merge_type!r} lays out several tiles per image only for "
+                f"image_aspect_ratio 'anyres' (config.json says {aspect!r})"
+            )
+        if image_sizes is None:
+            raise ValueError(
+                "this anyres model (config.json image_aspect_ratio 'anyres', mm_patch_merge_type "
+                f"{config.mm_patch_merge_type!r}) needs image_sizes: pass image_sizes=[image.size for each image] to "
+                "generate()/forward()"
+            )
+        size = tuple(int(v) for v in image_sizes[image_index])
+        tile_px = self.get_vision_tower().config.image_size
+        return get_anyres_image_grid_shape(size, config.image_grid_pinpoints, tile_px), size
 
     def prepare_inputs_labels_for_multimodal(
         self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
@@ -148,7 +201,7 @@ class LlavaMetaForCausalLM:
             input_ids: ``[B, T]`` with one -200 per image (left or right padded).
             position_ids / attention_mask / labels: ``[B, T]`` or None.
             images: ``[B_img, 3, H, W]``, ``[B_img, T, 3, H, W]`` or a list (anyres).
-            image_sizes: original ``(w, h)`` per image (kept for API compatibility; "flat" merge ignores it).
+            image_sizes: original ``(w, h)`` per image; an anyres image with a spatial merge needs it.
             padding_side: "left" / "right" for the re-padded batch; None: ``config.tokenizer_padding_side``
                 (``generate`` passes "left": new tokens are appended on the right, so prompts must end there).
         Returns:
@@ -161,7 +214,7 @@ class LlavaMetaForCausalLM:
         if tower is None or images is None or one_text_token:  # a decoding step: nothing to splice
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
-        features = self._image_features_per_image(images)
+        features = self._image_features_per_image(images, image_sizes)
         spliced = splice_image_features(
             input_ids,
             attention_mask,
@@ -209,4 +262,4 @@ class LlavaMetaForCausalLM:
                     )
 
 
-__all__ = ["LlavaMetaModel", "LlavaMetaForCausalLM", "IMAGE_TOKEN_INDEX"]
+__all__ = ["LlavaMetaModel", "LlavaMetaForCausalLM", "IMAGE_TOKEN_INDEX", "unpad_image"]

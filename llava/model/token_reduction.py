@@ -137,3 +137,21 @@ def add_token_reduction_args(parser: argparse.ArgumentParser) -> argparse.Argume
         help="fixed number of visual tokens per image instead of the adaptive count",
     )
     return parser
+
+
+def split_budget(budget: int | None, num_tiles: int) -> list[int | None]:
+    """Divide one image's ``--token-budget`` over its anyres tiles: the rule ``--token-budget`` follows on LLaVA-1.6.
+
+    Every tile gets ``budget // num_tiles`` centres (at least 1) and the base (tile 0) also takes the remainder, so
+    the centres add up to ``budget`` (when ``budget >= num_tiles``). Each tile adds its extra token on top, and the
+    spatial layout its row newlines. ``None`` (adaptive) stays None for every tile.
+
+    >>> split_budget(640, 5), split_budget(144, 1)
+    ([128, 128, 128, 128, 128], [144])
+    >>> split_budget(321, 5)
+    [65, 64, 64, 64, 64]
+    """
+    if budget is None:
+        return [None] * num_tiles
+    share = max(1, budget // num_tiles)
+    return [max(share, budget - share * (num_tiles - 1))] + [share] * (num_tiles - 1)

@@ -266,7 +266,8 @@ def own_model(tiny_checkpoint):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_prepare_inputs_labels_for_multimodal_on_the_tiny_model(own_model, demo_image, padding_side):
-    """Two images giving 3 and 6 tokens (1 and 2 anyres tiles at a budget of 2 centres), a text-only sample."""
+    """Two images giving 3 and 4 tokens (1 and 2 "flat" anyres tiles at a budget of 2 centres per image: 2 for a
+    lone tile, 1 + 1 for two tiles, each tile with its extra token), a text-only sample."""
     from llava.mm_utils import process_images
     from llava.model.token_reduction import TokenReduction
 
@@ -296,15 +297,15 @@ def test_prepare_inputs_labels_for_multimodal_on_the_tiny_model(own_model, demo_
         with torch.no_grad():
             projector = model.get_model().mm_projector
             image0 = projector(tower(pixels)[0])  # [3, D]
-            image1 = torch.cat([projector(tower(flipped)[0]), projector(tower(pixels)[0])])  # [6, D]
+            image1 = torch.cat([projector(tower.encode(tile, budgets=[1]).tokens[0]) for tile in (flipped, pixels)])
             text = model.get_model().embed_tokens
-        assert image0.shape[0] == 3 and image1.shape[0] == 6
-        assert model.last_visual_token_counts == [3, 6]
+        assert image0.shape[0] == 3 and image1.shape[0] == 4
+        assert model.last_visual_token_counts == [3, 4]
 
-        # spliced lengths: 4 text + 3 image rows = 7; 5 + 6 = 11 (under the limit of 12); 3 text -> T' = 11
-        lengths = [7, 11, 3]
-        assert embeds.shape == (3, 11, model.config.hidden_size)
-        offsets = [11 - n if padding_side == "left" else 0 for n in lengths]
+        # spliced lengths: 4 text + 3 image rows = 7; 5 + 4 = 9 (under the limit of 12); 3 text -> T' = 9
+        lengths = [7, 9, 3]
+        assert embeds.shape == (3, 9, model.config.hidden_size)
+        offsets = [9 - n if padding_side == "left" else 0 for n in lengths]
 
         def row(b, i):
             return embeds[b, offsets[b] + i]
@@ -315,24 +316,24 @@ def test_prepare_inputs_labels_for_multimodal_on_the_tiny_model(own_model, demo_
         torch.testing.assert_close(row(0, 5), text(torch.tensor(60)))
         torch.testing.assert_close(row(0, 6), text(torch.tensor(70)))
         torch.testing.assert_close(row(1, 2), text(torch.tensor(52)))
-        torch.testing.assert_close(torch.stack([row(1, i) for i in range(3, 9)]), image1)
-        torch.testing.assert_close(row(1, 9), text(torch.tensor(61)))
+        torch.testing.assert_close(torch.stack([row(1, i) for i in range(3, 7)]), image1)
+        torch.testing.assert_close(row(1, 7), text(torch.tensor(61)))
         torch.testing.assert_close(row(2, 2), text(torch.tensor(81)))
 
         expected_labels = [
             [1, 50, X, X, X, 60, 70],
-            [1, 51, 52, X, X, X, X, X, X, 61, 71],
+            [1, 51, 52, X, X, X, X, 61, 71],
             [1, 80, 81],
         ]
-        pads = [[X] * (11 - n) for n in lengths]
+        pads = [[X] * (9 - n) for n in lengths]
         if padding_side == "left":
             assert new_labels.tolist() == [p + lab for p, lab in zip(pads, expected_labels)]
-            assert new_mask.tolist() == [[0] * (11 - n) + [1] * n for n in lengths]
-            assert positions.tolist() == [[0] * (11 - n) + list(range(n)) for n in lengths]
+            assert new_mask.tolist() == [[0] * (9 - n) + [1] * n for n in lengths]
+            assert positions.tolist() == [[0] * (9 - n) + list(range(n)) for n in lengths]
         else:
             assert new_labels.tolist() == [lab + p for p, lab in zip(pads, expected_labels)]
-            assert new_mask.tolist() == [[1] * n + [0] * (11 - n) for n in lengths]
-            assert positions.tolist() == [list(range(n)) + [0] * (11 - n) for n in lengths]
+            assert new_mask.tolist() == [[1] * n + [0] * (9 - n) for n in lengths]
+            assert positions.tolist() == [list(range(n)) + [0] * (9 - n) for n in lengths]
         assert new_mask.dtype == mask.dtype
 
         # truncation at tokenizer_model_max_length
@@ -342,14 +343,14 @@ def test_prepare_inputs_labels_for_multimodal_on_the_tiny_model(own_model, demo_
         )
         lengths = [7, 8, 3]
         assert embeds.shape[1] == 8
-        cut = [[1, 50, X, X, X, 60, 70], [1, 51, 52, X, X, X, X, X], [1, 80, 81]]
+        cut = [[1, 50, X, X, X, 60, 70], [1, 51, 52, X, X, X, X, 61], [1, 80, 81]]
         if padding_side == "left":
             assert new_labels.tolist() == [[X] * (8 - len(c)) + c for c in cut]
             assert positions.tolist() == [[0] * (8 - n) + list(range(n)) for n in lengths]
         else:
             assert new_labels.tolist() == [c + [X] * (8 - len(c)) for c in cut]
             assert positions.tolist() == [list(range(n)) + [0] * (8 - n) for n in lengths]
-        torch.testing.assert_close(embeds[1, 3:8], image1[:5])  # sample 1 fills all 8 rows on either side
+        torch.testing.assert_close(embeds[1, 3:7], image1)  # sample 1 fills all 8 rows on either side
     finally:
         tower.set_token_reduction(TokenReduction("prumerge"))
         model.config.tokenizer_padding_side = "right"

@@ -12,6 +12,8 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
 
     #: visual tokens per image of the last encoded batch (after any reduction); read by eval and serving.
     last_visual_token_counts: list[int]
+    #: patches the tower encoded per image of the last batch (tiles x N): the count before reduction and layout.
+    last_visual_patch_counts: list[int]
 
     def forward(
         self,

@@ -27,6 +27,7 @@ class LlavaMistralForCausalLM(LlavaCausalLMMixin, MistralForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.last_visual_token_counts = []
+        self.last_visual_patch_counts = []
         self.post_init()
 
     def get_model(self) -> LlavaMistralModel:

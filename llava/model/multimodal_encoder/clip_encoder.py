@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,6 +63,20 @@ def load_clip_vision_model(name: str, device_map=None) -> CLIPVisionModel:
     return model
 
 
+@dataclass(frozen=True)
+class TowerOutput:
+    """What the tower gives for B images or tiles.
+
+    Attributes:
+        tokens: B tensors ``[n_t, C]``: all N patches (raster order) without reduction, else the merged centres
+            then the extra token.
+        kept: None without reduction, else B LongTensors ``[M_t]``: the centres' patch indices, row for row.
+    """
+
+    tokens: list[torch.Tensor]
+    kept: list[torch.Tensor] | None
+
+
 def _setting(args, name: str, default):
     """Read ``name`` from a LlavaConfig or a training ModelArguments (which declare different subsets)."""
     value = getattr(args, name, None)
@@ -93,7 +109,9 @@ class CLIPVisionTower(nn.Module):
             checkpoint_name=getattr(args, "_name_or_path", None),
         )
         self._cfg_only: CLIPVisionConfig | None = None
-        if not delay_load or _setting(args, "unfreeze_mm_vision_tower", False):
+        # A model built by from_pretrained always delays: its __init__ runs under a meta-device context, and a
+        # finetuned tower's weights (LLaVA-1.6: unfreeze_mm_vision_tower) come from the checkpoint afterwards.
+        if not delay_load:
             self.load_model()
 
     # ------------------------------------------------------------------ loading
@@ -150,13 +168,15 @@ class CLIPVisionTower(nn.Module):
         """``[B, 1+N, C]`` -> ``[B, N, C]`` ("patch") or unchanged ("cls_patch")."""
         return hidden[:, 1:] if self.select_feature == "patch" else hidden
 
-    def reduce(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+    def reduce(self, hidden: torch.Tensor, budgets: Sequence[int | None] | None = None) -> TowerOutput:
         """PruMerge(+) on the selected hidden states.
 
         Args:
             hidden: ``[B, 1+N, C]`` selected hidden states (CLS first).
+            budgets: per image or tile, a fixed number of centres (None: adaptive); default: the mode's budget.
         Returns:
-            B tensors ``[n_i, C]``: merge centres then the extra token of pruned patches.
+            ``TowerOutput`` with B tensors ``[n_i, C]`` (merge centres then the extra token) and their centres'
+            patch indices.
         """
         layers = self.vision_tower.encoder.layers
         if self.num_layers_to_run >= len(layers):
@@ -172,10 +192,35 @@ class CLIPVisionTower(nn.Module):
         keys = next_layer.self_attn.k_proj(normed)  # [B, 1+N, C]
         q_cls = next_layer.self_attn.q_proj(normed[:, 0])  # [B, C]: the CLS query row only
         attn = cls_attention(q_cls, keys)  # [B, N]
-        out = prumerge(
-            hidden[:, 1:], keys[:, 1:], attn, plus=self.token_reduction.plus, budget=self.token_reduction.budget
-        )
-        return out.tokens
+        if budgets is None:
+            budgets = [self.token_reduction.budget] * hidden.shape[0]
+        tokens: list[torch.Tensor | None] = [None] * hidden.shape[0]
+        kept: list[torch.Tensor | None] = [None] * hidden.shape[0]
+        for budget in dict.fromkeys(budgets):  # one call per distinct budget (anyres: at most a few)
+            rows = [i for i, b in enumerate(budgets) if b == budget]
+            index = torch.tensor(rows, device=hidden.device)
+            out = prumerge(hidden[index, 1:], keys[index, 1:], attn[index], plus=self.token_reduction.plus,
+                           budget=budget)
+            for row, t, k in zip(rows, out.tokens, out.kept):
+                tokens[row], kept[row] = t, k
+        return TowerOutput(tokens, kept)
+
+    def encode(self, images: torch.Tensor, budgets: Sequence[int | None] | None = None) -> TowerOutput:
+        """Encode ``[B, 3, H, W]`` images or tiles, each reduced on its own CLS attention when reduction is on.
+
+        Args:
+            images: ``[B, 3, H, W]``.
+            budgets: per image or tile, the fixed centre count (None: adaptive); default: the mode's budget.
+        Returns:
+            ``TowerOutput``: tokens in the images' dtype, with the kept patch indices when reduced.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, 3, H, W]; got shape {tuple(images.shape)}")
+        hidden = self.selected_hidden_states(images.to(device=self.device, dtype=self.dtype))
+        if not self.token_reduction.enabled:
+            return TowerOutput(list(self.feature_select(hidden).to(images.dtype)), None)
+        out = self.reduce(hidden, budgets)
+        return TowerOutput([t.to(images.dtype) for t in out.tokens], out.kept)
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Encode images into visual tokens.
@@ -196,7 +241,7 @@ class CLIPVisionTower(nn.Module):
         hidden = self.selected_hidden_states(images.to(device=self.device, dtype=self.dtype))
         if not self.token_reduction.enabled:
             return self.feature_select(hidden).to(images.dtype)
-        return [t.to(images.dtype) for t in self.reduce(hidden)]
+        return [t.to(images.dtype) for t in self.reduce(hidden).tokens]
 
     # ------------------------------------------------------------------ properties
     @property
