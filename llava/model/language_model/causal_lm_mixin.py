@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from ..llava_arch import LlavaMetaForCausalLM
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The KV-cache argument of the transformers causal LM behind ``model_class``: "cache" or "past_key_values"."""
+    for base in model_class.__mro__:
+        if base.__module__.startswith("transformers.") and "forward" in vars(base):
+            return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "past_key_values"
 
 
 class LlavaCausalLMMixin(LlavaMetaForCausalLM):
@@ -48,11 +60,13 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
                             ("return_dict", return_dict)):
             if value is not None:
                 kwargs[name] = value
+        if past_key_values is not None:
+            # transformers >= 5.24 names the argument ``cache`` (``past_key_values`` is deprecated there)
+            kwargs.setdefault(_cache_argument(type(self)), past_key_values)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
