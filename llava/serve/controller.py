@@ -3,17 +3,25 @@
     python -m llava.serve.controller --host 127.0.0.1 --port 21001 --dispatch-method shortest_queue
 
 Workers register themselves (``/register_worker``) and send a heartbeat every ``WORKER_HEART_BEAT_INTERVAL``
-seconds; a worker registered with ``check_heart_beat`` that stays silent for ``CONTROLLER_HEART_BEAT_EXPIRATION``
-seconds is dropped. Endpoints (JSON POST, as upstream LLaVA's controller):
+seconds; a worker that stays silent for ``CONTROLLER_HEART_BEAT_EXPIRATION`` seconds is dropped, whatever its
+``check_heart_beat`` said (upstream exempted ``check_heart_beat: false`` workers forever).
+
+Only real workers are called: a worker address must be ``http(s)://host:port`` with nothing after it, and the
+controller lists a worker only after it answered ``/worker_get_status`` itself (a ``worker_status`` sent with the
+registration is not trusted). With a shared secret (``--worker-token``, or the environment variable
+``LLAVA_WORKER_TOKEN``), registering, heartbeats and deregistering must carry it as ``worker_token``; without one,
+anyone who can reach the controller may register (it binds 127.0.0.1 unless told otherwise).
+Endpoints (JSON POST, as upstream LLaVA's controller, plus ``/deregister_worker``):
 
 ==========================  ======================================================  ===============================
 endpoint                    body                                                    answer
 ==========================  ======================================================  ===============================
-/register_worker            {worker_name, check_heart_beat, worker_status?}         {registered}
+/register_worker            {worker_name, check_heart_beat, worker_token?}          {registered}
 /refresh_all_workers        -                                                       {models}
 /list_models                -                                                       {models}
 /get_worker_address         {model}                                                 {address} ("" when none)
-/receive_heart_beat         {worker_name, queue_length}                             {exist}
+/receive_heart_beat         {worker_name, queue_length, worker_token?}              {exist}
+/deregister_worker          {worker_name, worker_token?}                            {removed}
 /worker_generate_stream     the worker's generation request                          the worker's NUL-delimited stream
 /worker_get_status          -                                                       {model_names, speed, queue_length}
 ==========================  ======================================================  ===============================
@@ -25,7 +33,9 @@ The last two let a controller stand in for a worker (a controller of controllers
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
+import os
 import random
 import sys
 import threading
@@ -35,6 +45,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
@@ -51,7 +62,7 @@ from ._stream import (
 
 try:
     import uvicorn
-    from fastapi import Body, FastAPI
+    from fastapi import Body, FastAPI, HTTPException
     from fastapi.responses import StreamingResponse
 except ImportError as err:  # the serve extra is optional
     raise ImportError(f"the LLaVA controller needs fastapi and uvicorn ({err}): pip install 'llava[serve]'") from err
@@ -62,6 +73,39 @@ logger = logging.getLogger("llava.serve.controller")
 #: seconds allowed to connect to a worker / to wait for its next bytes while relaying a stream
 WORKER_CONNECT_TIMEOUT = 5.0
 WORKER_READ_TIMEOUT = 120.0
+#: environment variable holding the shared secret workers must present (the --worker-token default)
+WORKER_TOKEN_ENV = "LLAVA_WORKER_TOKEN"
+
+
+class RegistrationError(ValueError):
+    """A registration, heartbeat or deregistration the controller refuses; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def validate_worker_address(address: str) -> str:
+    """Return ``address`` if it is ``http(s)://host:port`` with nothing after it, else raise RegistrationError."""
+    problem = None
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError as err:
+        parts, port, problem = None, None, str(err)
+    if problem is None:
+        if parts.scheme not in ("http", "https"):
+            problem = f"scheme {parts.scheme!r} is not http or https"
+        elif not parts.hostname or parts.username is not None or parts.password is not None:
+            problem = "it needs a host (and no user name or password)"
+        elif port is None:
+            problem = "it has no port"
+        elif parts.path or parts.query or parts.fragment or address.endswith(("?", "#")):
+            problem = "nothing may follow host:port (no path, query or fragment)"
+    if problem is not None:
+        raise RegistrationError(f"worker address {address!r} refused: {problem}; expected scheme://host:port, "
+                                "e.g. http://127.0.0.1:21002")
+    return address
 
 
 class DispatchMethod(Enum):
@@ -90,12 +134,20 @@ class WorkerStatus(BaseModel):
 class RegisterWorkerRequest(BaseModel):
     worker_name: str = Field(description="the worker's address, e.g. http://127.0.0.1:21002")
     check_heart_beat: bool = True
-    worker_status: WorkerStatus | None = None
+    worker_status: WorkerStatus | None = Field(None, description="accepted for compatibility; the controller "
+                                                                 "asks the worker itself")
+    worker_token: str | None = None
 
 
 class HeartBeatRequest(BaseModel):
     worker_name: str
     queue_length: int = 0
+    worker_token: str | None = None
+
+
+class DeregisterWorkerRequest(BaseModel):
+    worker_name: str
+    worker_token: str | None = None
 
 
 class WorkerAddressRequest(BaseModel):
@@ -124,6 +176,7 @@ class Controller:
             worker goes after one to two expirations).
         rng: random source for the lottery (seeded in tests).
         clock: monotonic time source.
+        worker_token: shared secret that registrations, heartbeats and deregistrations must carry (None: none).
     """
 
     def __init__(
@@ -134,6 +187,7 @@ class Controller:
         sweep_interval: float | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        worker_token: str | None = None,
     ) -> None:
         if isinstance(dispatch_method, str):
             dispatch_method = DispatchMethod.from_str(dispatch_method)
@@ -148,6 +202,14 @@ class Controller:
         self._clock = clock
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._worker_token = worker_token or None
+
+    def check_token(self, token: str | None, worker_name: str) -> None:
+        """Raise RegistrationError (HTTP 403) unless ``token`` is the controller's secret (when it has one)."""
+        if self._worker_token is None:
+            return
+        if token is None or not hmac.compare_digest(token.encode(), self._worker_token.encode()):
+            raise RegistrationError(f"worker {worker_name!r}: missing or wrong worker_token", status=403)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -173,17 +235,25 @@ class Controller:
 
     # --- registry -------------------------------------------------------------------------------------------
 
-    def register_worker(self, worker_name: str, check_heart_beat: bool, worker_status: dict | None) -> bool:
-        """Add or update a worker. Without ``worker_status`` the worker is asked for it (``/worker_get_status``).
+    def register_worker(self, worker_name: str, check_heart_beat: bool = True, worker_status: dict | None = None,
+                        *, token: str | None = None) -> bool:
+        """Add or update a worker once it has answered ``/worker_get_status`` itself.
+
+        ``worker_status`` (sent by upstream's workers) is not trusted: the live answer is what gets listed.
+        Every worker expires after ``heart_beat_expiration`` seconds without a heartbeat; ``check_heart_beat``
+        is recorded for compatibility only.
 
         Returns:
-            False when no status could be had (the worker is then not registered).
+            False when the worker did not answer (it is then not registered).
+        Raises:
+            RegistrationError: a malformed address (400) or a missing / wrong token (403).
         """
-        if worker_status is None:
-            worker_status = self.get_worker_status(worker_name)
-            if worker_status is None:
-                return False
-        status = WorkerStatus.model_validate(worker_status)
+        validate_worker_address(worker_name)
+        self.check_token(token, worker_name)
+        live = self.get_worker_status(worker_name)
+        if live is None:
+            return False
+        status = WorkerStatus.model_validate(live)
         with self._lock:
             known = worker_name in self.worker_info
             self.worker_info[worker_name] = WorkerInfo(
@@ -192,6 +262,14 @@ class Controller:
         logger.info("%s worker %s: models %s, speed %s, queue %d", "updated" if known else "registered new",
                     worker_name, status.model_names, status.speed, status.queue_length)
         return True
+
+    def deregister_worker(self, worker_name: str, *, token: str | None = None) -> bool:
+        """Remove a worker at its own request (a worker stopping); True if it was registered."""
+        self.check_token(token, worker_name)
+        with self._lock:
+            known = self.worker_info.pop(worker_name, None) is not None
+        logger.info("worker %s deregistered%s", worker_name, "" if known else " (it was not registered)")
+        return known
 
     def get_worker_status(self, worker_name: str) -> dict | None:
         """Ask a worker for its status; None (logged) when it cannot be reached or answers nonsense."""
@@ -213,7 +291,7 @@ class Controller:
         with self._lock:
             known = dict(self.worker_info)
         for name, info in known.items():
-            if not self.register_worker(name, info.check_heart_beat, None):
+            if not self.register_worker(name, info.check_heart_beat, token=self._worker_token):
                 logger.info("removing unreachable worker %s", name)
                 self.remove_worker(name)
 
@@ -239,8 +317,13 @@ class Controller:
             info.queue_length += 1
             return name
 
-    def receive_heart_beat(self, worker_name: str, queue_length: int) -> bool:
-        """Record a heartbeat. Returns False for an unknown worker (it should register again)."""
+    def receive_heart_beat(self, worker_name: str, queue_length: int, *, token: str | None = None) -> bool:
+        """Record a heartbeat. Returns False for an unknown worker (it should register again).
+
+        Raises:
+            RegistrationError: a missing / wrong token (403) when the controller has one.
+        """
+        self.check_token(token, worker_name)
         with self._lock:
             info = self.worker_info.get(worker_name)
             if info is None:
@@ -251,11 +334,10 @@ class Controller:
         return True
 
     def remove_expired_workers(self) -> list[str]:
-        """Drop heartbeat-checked workers silent for longer than the expiration; return their names."""
+        """Drop workers silent for longer than the expiration (``check_heart_beat`` or not); return their names."""
         deadline = self._clock() - self.heart_beat_expiration
         with self._lock:
-            expired = [name for name, info in self.worker_info.items()
-                       if info.check_heart_beat and info.last_heart_beat < deadline]
+            expired = [name for name, info in self.worker_info.items() if info.last_heart_beat < deadline]
             for name in expired:
                 del self.worker_info[name]
         for name in expired:
@@ -320,10 +402,25 @@ def create_app(controller: Controller) -> FastAPI:
     app.state.controller = controller
 
     # Endpoints that may call workers are plain functions: FastAPI runs them on its thread pool.
+    def refused(err: RegistrationError) -> HTTPException:
+        logger.warning("refused: %s", err)
+        return HTTPException(status_code=err.status, detail=str(err))
+
     @app.post("/register_worker")
     def register_worker(request: RegisterWorkerRequest) -> dict[str, bool]:
-        status = request.worker_status.model_dump() if request.worker_status is not None else None
-        return {"registered": controller.register_worker(request.worker_name, request.check_heart_beat, status)}
+        try:
+            registered = controller.register_worker(request.worker_name, request.check_heart_beat,
+                                                    token=request.worker_token)
+        except RegistrationError as err:
+            raise refused(err) from None
+        return {"registered": registered}
+
+    @app.post("/deregister_worker")
+    def deregister_worker(request: DeregisterWorkerRequest) -> dict[str, bool]:
+        try:
+            return {"removed": controller.deregister_worker(request.worker_name, token=request.worker_token)}
+        except RegistrationError as err:
+            raise refused(err) from None
 
     @app.post("/refresh_all_workers")
     def refresh_all_workers() -> dict[str, list[str]]:
@@ -340,7 +437,11 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.post("/receive_heart_beat")
     def receive_heart_beat(request: HeartBeatRequest) -> dict[str, bool]:
-        return {"exist": controller.receive_heart_beat(request.worker_name, request.queue_length)}
+        try:
+            return {"exist": controller.receive_heart_beat(request.worker_name, request.queue_length,
+                                                           token=request.worker_token)}
+        except RegistrationError as err:
+            raise refused(err) from None
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(params: dict[str, Any] = Body(...)) -> StreamingResponse:
@@ -362,14 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DispatchMethod.SHORTEST_QUEUE.value)
     parser.add_argument("--heart-beat-expiration", type=float, default=CONTROLLER_HEART_BEAT_EXPIRATION,
                         help="seconds without a heartbeat before a worker is dropped")
+    parser.add_argument("--worker-token", type=str, default=os.environ.get(WORKER_TOKEN_ENV),
+                        help=f"shared secret workers must send to register (default: ${WORKER_TOKEN_ENV}; the "
+                             "environment variable keeps it out of the process list)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     build_logger(logger.name, "controller.log")
-    logger.info("args: %s", args)
-    controller = Controller(args.dispatch_method, heart_beat_expiration=args.heart_beat_expiration)
+    logger.info("args: %s", {k: ("***" if k == "worker_token" and v else v) for k, v in vars(args).items()})
+    controller = Controller(args.dispatch_method, heart_beat_expiration=args.heart_beat_expiration,
+                            worker_token=args.worker_token)
     uvicorn.run(create_app(controller), host=args.host, port=args.port, log_level="info")
     return 0
 
