@@ -1,4 +1,4 @@
-"""Text-to-ids exactly as LLaVA-1.5 saw it in training (transformers 4.31-4.37's slow ``LlamaTokenizer``).
+"""Text-to-ids exactly as LLaVA checkpoints saw them in training (transformers 4.31-4.37's slow ``LlamaTokenizer``).
 
 Why this module exists: released LLaVA-1.5 / Vicuna-v1.5 checkpoints ship a sentencepiece ``tokenizer.model`` with
 ``"tokenizer_class": "LlamaTokenizer"`` and ``"legacy": false``, and upstream always loads it with
@@ -22,6 +22,32 @@ the model's own dummy prefix.
 
 Tokenizers without a sentencepiece model (``tokenizers`` BPE, ``tokenizer.json`` only) and tokenizers that are
 already sentencepiece-backed (they have ``sp_model``) are used as they are.
+
+Which checkpoints this covers. Every released LLaVA checkpoint declares ``LlamaTokenizer`` and upstream loads it with
+``use_fast=False``, so the ids each was trained with are the slow ``LlamaTokenizer``'s, run on the checkpoint's *own*
+``tokenizer.model`` with its *own* ``legacy``, ``add_bos_token`` and added tokens. Nothing here is specific to the
+Llama/Vicuna vocabulary:
+
+* LLaVA-1.5, llava-v1.6-vicuna (Vicuna-v1.5's Llama-2 model): ``legacy: false``, ``add_bos_token: true`` (``<s>``).
+* llava-v1.6-mistral-7b (Mistral-7B-Instruct-v0.2's 32000-piece model; the checkpoint was saved by transformers
+  4.36.2, per its generation_config.json): Mistral's tokenizer_config.json declares ``LlamaTokenizer``,
+  ``legacy: true``, ``add_bos_token: true``, ``add_eos_token: false``, added tokens ``<unk>``/``<s>``/``</s>`` = 0/1/2.
+  With ``legacy: true`` each stretch of text between special tokens is encoded with the model's own dummy prefix:
+  ``"[INST] "`` is encoded as ``"▁[INST]▁"``, and text after ``</s>`` gets its ``▁`` too.
+* llava-v1.6-34b (Nous-Hermes-2-Yi-34B, 64000 pieces, ``eos_token_id`` 7): special_tokens_map.json has ``bos_token``
+  ``<|startoftext|>`` (1), ``eos_token`` ``<|im_end|>``, ``pad_token``/``unk_token`` ``<unk>`` (0); Yi's
+  Llama-compatible tokenizer_config.json has ``LlamaTokenizer``, ``legacy: true``, ``add_bos_token: false``; the
+  ChatML tokens ``<|im_start|>`` (6) and ``<|im_end|>`` (7) are pieces of Yi's own vocabulary (listed as added tokens
+  by Yi chat fine-tunes). Yi's sentencepiece normaliser adds no dummy prefix (transformers 4.41's slow tokenizer
+  encodes Yi-1.5's ``"<|im_end|>\\n"`` as ``[7, 144]``, no ``▁``). So a chatml_direct prompt gets no BOS and no
+  ``▁`` after the ChatML tokens.
+
+transformers 5 gets all three wrong in its own way (it folds a leading space into the prefix, and prepends ``▁`` to
+Yi text, which Yi's model never does), so :func:`encode_text` applies to each kind. Sources: the checkpoints'
+tokenizer_config.json / special_tokens_map.json / config.json on the Hugging Face hub (liuhaotian/llava-v1.6-*,
+mistralai/Mistral-7B-Instruct-v0.2, NousResearch/Nous-Hermes-2-Yi-34B, 01-ai/Yi-6B), 01-ai/Yi-1.5 issue 37 for
+Yi's missing prefix. :mod:`llava.tools.tiny_tokenizer` builds a tiny tokenizer of each kind; on those, the ids here
+were checked against transformers 4.37.2's slow tokenizer.
 """
 
 from __future__ import annotations
@@ -259,9 +285,11 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, model_max
                    padding_side: str | None = None) -> Any:
     """The checkpoint's tokenizer, as a ``LlamaTokenizer`` when its ``tokenizer_config.json`` says so.
 
-    ``AutoTokenizer`` on a folder whose ``config.json`` says ``model_type: "llava"`` (every released LLaVA-1.5
-    checkpoint) ignores the declared ``LlamaTokenizer`` and builds a generic tokenizers class that drops Llama's
-    word-start marker on the first word (``"The"`` -> ``T he`` instead of ``▁The``): ids the model never saw.
+    ``AutoTokenizer`` on a folder whose ``config.json`` says ``model_type: "llava"`` (every released LLaVA-1.5 and
+    LLaVA-1.6 checkpoint; ``"llava_mistral"`` for llava-v1.6-mistral-7b) ignores the declared ``LlamaTokenizer`` and
+    builds a generic tokenizers class that drops Llama's word-start marker on the first word (``"The"`` -> ``T he``
+    instead of ``▁The``): ids the model never saw. Mistral's and Yi's tokenizers declare ``LlamaTokenizer`` too and
+    load the same way, each with its own model file and flags (see the module docstring).
     """
     import transformers
 

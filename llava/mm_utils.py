@@ -2,11 +2,11 @@
 
 Shapes: B images, T tokens, H = W = the processor's crop size (336 for CLIP ViT-L/14-336).
 
-``tokenizer_image_token`` reproduces the ids LLaVA-1.5 was trained with, also on transformers 5 where the
-sentencepiece ``tokenizer.model`` of released checkpoints is loaded as a ``tokenizers``-backed class that tokenizes
-text after ``<image>`` differently (see ``llava._tokenization``). Save such tokenizers with :func:`save_tokenizer`
-(not ``tokenizer.save_pretrained`` alone, which drops ``tokenizer.model`` in transformers 5) so that reloaded
-checkpoints keep the same ids.
+``tokenizer_image_token`` reproduces the ids LLaVA-1.5 and LLaVA-1.6 (Vicuna, Mistral and Yi tokenizers) were
+trained with, also on transformers 5 where the sentencepiece ``tokenizer.model`` of released checkpoints is loaded as
+a ``tokenizers``-backed class that tokenizes text after ``<image>`` differently (see ``llava._tokenization``). Save
+such tokenizers with :func:`save_tokenizer` (not ``tokenizer.save_pretrained`` alone, which drops ``tokenizer.model``
+in transformers 5) so that reloaded checkpoints keep the same ids.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def tokenizer_image_token(
     """Tokenize ``prompt`` with ``image_token_index`` in place of each ``"<image>"``.
 
     The prompt is split on ``"<image>"``; each text chunk is tokenized on its own without special tokens (for
-    sentencepiece Llama tokenizers exactly as the slow tokenizer LLaVA-1.5 was trained with), one BOS goes in
-    front if the tokenizer adds one, and ``image_token_index`` goes between chunks. No EOS is added.
+    sentencepiece Llama-class tokenizers, Mistral's and Yi's included, exactly as the slow tokenizer the checkpoint
+    was trained with), one BOS goes in front if the tokenizer adds one (Vicuna, Mistral; not Yi), and
+    ``image_token_index`` goes between chunks. No EOS is added.
 
     Args:
         prompt: text with zero or more ``"<image>"``.

@@ -1,4 +1,5 @@
-"""Tests for llava.tools.tiny_tokenizer: released-layout folders that reload, fast and deterministically."""
+"""Tests for llava.tools.tiny_tokenizer: released-layout folders (Vicuna, Mistral, Yi, BPE) that reload, fast and
+deterministically."""
 
 from __future__ import annotations
 
@@ -77,8 +78,118 @@ def test_bpe_reloads_and_is_deterministic(tmp_path):
     assert tok.convert_ids_to_tokens(ids[1:3]) == ["▁What", "▁is"]
 
 
-def test_cli_builds_both_kinds(tmp_path):
+def test_cli_builds_every_kind(tmp_path):
     main([str(tmp_path / "sp"), "--vocab-size", "400"])
     main([str(tmp_path / "bpe"), "--kind", "bpe", "--vocab-size", "400"])
+    main([str(tmp_path / "mistral"), "--kind", "mistral", "--vocab-size", "400"])
+    main([str(tmp_path / "yi"), "--kind", "yi", "--vocab-size", "400"])
     assert (tmp_path / "sp" / "tokenizer.model").is_file()
     assert (tmp_path / "bpe" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "mistral" / "tokenizer_config.json").read_text())["legacy"] is True
+    assert json.loads((tmp_path / "yi" / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+
+
+# --- llava-v1.6-mistral-7b and llava-v1.6-34b layouts ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory):
+    from llava.tools.tiny_tokenizer import build_mistral_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_mistral")
+    build_mistral_tokenizer(folder, vocab_size=1000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def yi_dir(tmp_path_factory):
+    from llava.tools.tiny_tokenizer import build_yi_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_yi")
+    build_yi_tokenizer(folder, vocab_size=1000)
+    return folder
+
+
+def test_mistral_folder_layout(mistral_dir):
+    assert sorted(p.name for p in mistral_dir.iterdir()) == [
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
+    config = json.loads((mistral_dir / "tokenizer_config.json").read_text())
+    # Mistral-7B-Instruct-v0.2's declarations (legacy: true), with LLaVA's training-time pad and length.
+    assert config["tokenizer_class"] == "LlamaTokenizer" and config["legacy"] is True
+    assert config["add_bos_token"] is True and config["add_eos_token"] is False
+    assert (config["bos_token"], config["eos_token"], config["unk_token"], config["pad_token"]) == (
+        "<s>", "</s>", "<unk>", "<unk>")
+    assert [v["content"] for v in config["added_tokens_decoder"].values()] == ["<unk>", "<s>", "</s>"]
+    assert config["model_max_length"] == 4096
+
+
+def test_mistral_reloads_with_its_ids(mistral_dir):
+    import sentencepiece as spm
+
+    from llava._tokenization import load_tokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=str(mistral_dir / "tokenizer.model"))
+    assert sp.get_piece_size() == 1000 and [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    assert sp.encode(" What", out_type=str) == ["▁", "▁What"]  # the dummy prefix is on, as in Mistral's model
+    tok = load_tokenizer(str(mistral_dir))
+    assert type(tok).__name__ == "LlamaTokenizer" and len(tok) == 1000
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 0)
+    assert tok("[INST] What is shown in this image? [/INST]").input_ids[0] == 1
+    assert "▁[/" in tok.get_vocab() and "INST" in tok.get_vocab()  # template markup is in the corpus
+
+
+def test_yi_folder_layout(yi_dir):
+    config = json.loads((yi_dir / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "LlamaTokenizer" and config["legacy"] is True
+    assert config["add_bos_token"] is False and config["add_eos_token"] is False
+    assert (config["bos_token"], config["eos_token"], config["unk_token"], config["pad_token"]) == (
+        "<|startoftext|>", "<|im_end|>", "<unk>", "<unk>")
+    assert {k: v["content"] for k, v in config["added_tokens_decoder"].items()} == {
+        "0": "<unk>", "1": "<|startoftext|>", "2": "<|endoftext|>", "6": "<|im_start|>", "7": "<|im_end|>"}
+    special = json.loads((yi_dir / "special_tokens_map.json").read_text())
+    assert special["eos_token"]["content"] == "<|im_end|>" and special["bos_token"]["content"] == "<|startoftext|>"
+
+
+def test_yi_reloads_with_its_ids(yi_dir):
+    import sentencepiece as spm
+
+    from llava._tokenization import load_tokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=str(yi_dir / "tokenizer.model"))
+    assert [sp.id_to_piece(i) for i in (0, 1, 2, 6, 7, 8)] == [
+        "<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|im_sep|>"]
+    # One piece each, and no dummy-prefix "▁" (Yi's normaliser).
+    assert sp.encode("<|im_start|>user\n<|im_end|>", out_type=str) == ["<|im_start|>", "user", "<0x0A>", "<|im_end|>"]
+    tok = load_tokenizer(str(yi_dir))
+    assert type(tok).__name__ == "LlamaTokenizer" and len(tok) == 1000
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 7, 0)
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [6, 7]
+    assert tok("").input_ids == []  # no BOS added
+    assert tok.decode([6, 7, 1, 2], skip_special_tokens=True) == ""
+
+
+def test_mistral_and_yi_are_deterministic_and_checked(mistral_dir, yi_dir, tmp_path):
+    from llava.tools.tiny_tokenizer import build_mistral_tokenizer, build_yi_tokenizer
+
+    build_mistral_tokenizer(tmp_path / "m", vocab_size=1000)
+    build_yi_tokenizer(tmp_path / "y", vocab_size=1000)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / "m" / name).read_bytes() == (mistral_dir / name).read_bytes()
+        assert (tmp_path / "y" / name).read_bytes() == (yi_dir / name).read_bytes()
+    for builder in (build_mistral_tokenizer, build_yi_tokenizer):
+        with pytest.raises(ValueError, match="vocab_size"):
+            builder(tmp_path / "small", vocab_size=100)
+
+
+@pytest.mark.parametrize("vocab_size", [512, 2000])
+def test_mistral_and_yi_vocab_sizes(tmp_path, vocab_size):
+    from llava._tokenization import load_tokenizer
+    from llava.tools.tiny_tokenizer import build_mistral_tokenizer, build_yi_tokenizer
+
+    build_mistral_tokenizer(tmp_path / "m", vocab_size=vocab_size)
+    build_yi_tokenizer(tmp_path / "y", vocab_size=vocab_size)
+    assert len(load_tokenizer(str(tmp_path / "m"))) == vocab_size
+    assert len(load_tokenizer(str(tmp_path / "y"))) == vocab_size
