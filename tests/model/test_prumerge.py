@@ -45,15 +45,20 @@ def published_prumerge(features, keys, cls_attn, *, plus=False, budget=None, nei
             stride = max(1, int(step_length / 3))
             arithmetic_sequence = list(range(0, N - 1, stride))
             idx = idx + [x for x in arithmetic_sequence if x not in idx]
+    elif plus:  # the published training branch (if_adaptive=False), generalised from N = 576 to any N
+        reduction_ratio = min(budget, N) / (2 * N)
+        step_length = int(1 / reduction_ratio)
+        idx = torch.topk(cls_attn, int(N * reduction_ratio), largest=True).indices.tolist()
+        idx = idx + list(range(int(step_length / 2), N - 1, int(step_length)))  # repeats are not filtered
+        if not idx:
+            idx = [int(cls_attn.argmax())]
     else:
-        total = min(budget, N)
-        n_top = math.ceil(total / 4) if plus else total
-        idx = torch.topk(cls_attn, n_top, largest=True).indices.tolist()
-        if plus:
-            rest = [j for j in range(N) if j not in idx]
-            n_samples = total - n_top
-            idx = idx + [rest[(2 * j + 1) * len(rest) // (2 * n_samples)] for j in range(n_samples)]
-    compl = [j for j in range(N) if j not in idx]
+        idx = torch.topk(cls_attn, min(budget, N), largest=True).indices.tolist()
+    # published complement_idx: zero the listed positions of arange(N), sort, drop as many entries as listed
+    masked = list(range(N))
+    for j in idx:
+        masked[j] = 0
+    compl = sorted(masked)[len(idx):]
     unit_keys = F.normalize(keys, p=2, dim=-1)
     tokens = []
     for i, centre in enumerate(idx):
@@ -148,19 +153,44 @@ def test_hand_worked_budget():
 
 
 def test_hand_worked_budget_plus():
-    # K = 4: top ceil(4/4) = 1 -> patch 7; 3 samples of the 7 others [0..6] at floor((2j+1) 7 / 6) = 1, 3, 5
+    # K = 4, N = 8: r = 4/16, top int(8 r) = 2 -> patches 7, 6; s = int(1/r) = 4, raster range(2, 7, 4) = 2, 6.
+    # Centres [7, 6, 2, 6]: patch 6 twice (one repeat). Published complement: [0, 1, 3, 4, 5] without its one
+    # smallest entry -> [1, 3, 4, 5]; patch 0 feeds nothing. Keys at angles 0:10 1:90 2:25 3:190 4:105 5:260
+    # 6:180 7:0 degrees; each centre's 2 nearest among the other list positions and the complement.
     out = prumerge(*hand_inputs(), plus=True, budget=4, neighbors=2)
-    assert out.kept[0].tolist() == [7, 1, 3, 5]
+    assert out.kept[0].tolist() == [7, 6, 2, 6]
     expected = torch.tensor(
         [
-            [7.10, 1.07],  # x7 + .02 x0 + .05 x2
-            [1.34, 1.11],  # x1 + .06 x4 + .05 x2
-            [3.83, 1.15],  # x3 + .08 x6 + .07 x5
-            [5.60, 1.12],  # x5 + .04 x3 + .08 x6
-            [0.82, 0.21],  # extra: .02 x0 + .05 x2 + .06 x4 + .08 x6
+            [7.13, 1.08],  # x7 + .05 x2 + .03 x1 (patch 0, the nearest, is not a candidate)
+            [6.60, 1.12],  # x6 + .08 x6 (its repeated copy) + .04 x3
+            [6.58, 1.68],  # x2 + .65 x7 + .03 x1
+            [6.60, 1.12],  # the repeat: the same as the first copy
+            [0.74, 0.20],  # extra: .03 x1 + .04 x3 + .06 x4 + .07 x5
         ]
     )
     torch.testing.assert_close(out.tokens[0], expected, atol=1e-6, rtol=0)
+
+
+def test_fixed_plus_at_144_is_the_published_72_plus_72():
+    from llava.model.multimodal_encoder.prumerge import fixed_plus_plan
+
+    n_top, raster = fixed_plus_plan(576, 144)
+    assert n_top == 72 and raster == list(range(4, 575, 8)) and len(raster) == 72
+    # where 1 / r is not an integer the raster is longer than the top-k: K = 160 -> s = int(7.2) = 7 -> 82 samples
+    n_top, raster = fixed_plus_plan(576, 160)
+    assert (n_top, len(raster), raster[:2]) == (80, 82, [3, 10])
+    assert [len(r) + t for t, r in (fixed_plus_plan(576, k) for k in (64, 128, 192, 320))] == [64, 128, 192, 352]
+    assert fixed_plus_plan(100, 1) == (1, [])  # nothing planned: the top patch is kept
+    features, keys, cls_attn = random_inputs(seed=144, B=3, N=576)
+    # image 1: every raster sample is also a top patch (distinct values: tie order is unspecified in topk)
+    cls_attn[1, 4:575:8] = cls_attn[1].max() * 2 + torch.arange(72) * 1e-4
+    out = prumerge(features, keys, cls_attn, plus=True, budget=144)
+    assert out.counts == [145, 145, 145]
+    for b in range(3):
+        idx, tokens = published_prumerge(features[b], keys[b], cls_attn[b], plus=True, budget=144)
+        assert out.kept[b].tolist() == idx
+        torch.testing.assert_close(out.tokens[b], tokens, atol=1e-4, rtol=1e-4)
+    assert len(set(out.kept[1].tolist())) == 72  # all 72 raster samples repeat a top patch
 
 
 def test_hand_worked_all_neighbours_and_none():
@@ -268,7 +298,9 @@ def test_matches_oracle_with_budget(budget, plus):
     out = prumerge(features, keys, cls_attn, plus=plus, budget=budget)
     idx, tokens = published_prumerge(features[0], keys[0], cls_attn[0], plus=plus, budget=budget)
     assert out.kept[0].tolist() == idx
-    assert out.counts == [budget + 1]
+    assert out.counts == [len(idx) + 1]
+    if not plus:
+        assert out.counts == [budget + 1]
     torch.testing.assert_close(out.tokens[0], tokens, atol=1e-4, rtol=1e-4)
 
 
@@ -355,8 +387,10 @@ def test_budget_at_least_n_keeps_everything():
         assert out.kept[b].tolist() == torch.argsort(cls_attn[b], descending=True).tolist()
         assert out.counts[b] == 50
         torch.testing.assert_close(out.tokens[b][-1], torch.zeros(64), atol=0, rtol=0)  # nothing was pruned
-    out_plus = prumerge(features, keys, cls_attn, plus=True, budget=49)
-    assert all(sorted(k.tolist()) == list(range(49)) for k in out_plus.kept)
+    out_plus = prumerge(features, keys, cls_attn, plus=True, budget=1000)  # clamped to N: r = 1/2
+    for b in range(2):  # top int(49 / 2) = 24, then the raster range(1, 48, 2)
+        top = torch.argsort(cls_attn[b], descending=True)[:24].tolist()
+        assert out_plus.kept[b].tolist() == top + list(range(1, 48, 2))
 
 
 def test_budget_one():

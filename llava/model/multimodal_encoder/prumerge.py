@@ -30,7 +30,11 @@ Differences from the published code (all invisible at batch size 1 on ordinary i
 - Degenerate inputs the published code crashes on, or answers with zero centres, keep at least one centre:
   no outliers, a raster stride of 0 (``int(step / 3) == 0`` -> 1), all raster samples already kept, any N (the
   published raster end is hard-coded to 575 = N - 1 for N = 576), ``neighbors >= N`` (clamped to N - 1).
-- ``budget`` (not in the published code) fixes the number of centres instead of the IQR count.
+- ``budget`` K replaces the IQR count by the published ``if_adaptive=False`` branches: PruMerge keeps the top K;
+  PruMerge+ follows ``fixed_plus_plan`` (top ``int(N r)`` plus the raster ``range(int(s / 2), N - 1, s)``,
+  r = K / (2N), s = int(1 / r), repeats kept, the published complement), the rule the PruMerge+ LoRA was most
+  likely trained with. Unlike the published code it runs for any K and N (the published code requires the raster
+  and the top-k to have the same length and hard-codes N - 1 = 575).
 
 Gradients: the selection (sorting, IQR, neighbour search) runs under ``torch.no_grad()``; the gathers and weighted
 sums keep gradients with respect to ``features`` and ``cls_attn`` (as in ToMe).
@@ -47,6 +51,7 @@ __all__ = [
     "cls_attention",
     "outlier_count",
     "outlier_keep_count",
+    "fixed_plus_plan",
     "plus_sample_mask",
     "prumerge",
 ]
@@ -198,22 +203,74 @@ def plus_sample_mask(counts: torch.Tensor, n: int, *, centred: bool = False) -> 
     return (offset >= 0) & (offset % stride == 0) & (position < n - 1)
 
 
-def _budget_sample_mask(top: torch.Tensor, n_top: int, n_samples: int) -> torch.Tensor:
-    """PruMerge+ under a budget: ``n_samples`` patches spread evenly over the non-top patches in raster order.
+def fixed_plus_plan(n: int, budget: int) -> tuple[int, list[int]]:
+    """The published fixed-count PruMerge+ plan (``if_adaptive=False``) for ``--token-budget K``: host integers only.
 
-    Of the ``R = N - n_top`` patches outside the top-k, taken in ascending patch index, pick positions
-    ``floor((2j + 1) R / (2 n_samples))`` for j < n_samples (the centres of n_samples equal runs; distinct
-    because n_samples <= R). ``top`` is ``[B, N]`` bool with exactly ``n_top`` True per row; returns ``[B, N]`` bool.
+    With ``r = K / (2 N)`` (Python floats, K clamped to N): the top ``int(N * r)`` patches by attention, then the
+    raster ``range(int(s / 2), N - 1, s)`` with ``s = int(1 / r)``, kept whole (repeats of top patches included).
+    K = 144, N = 576: r = 1/8, 72 top + 72 raster = 144 centres (also K = 64, 128, 192: exactly K). Where 1 / r
+    is not an integer the raster is longer than the top-k, so the plan holds more than K centres (K = 160: 80 +
+    82; K = 320: 160 + 192); the published code would crash there (its index tensor is sized 2 x top-k). A plan
+    with no centre at all (K = 1) keeps the top patch.
+
+    Returns:
+        ``(n_top, raster)``: the number of top patches and the raster's patch indices (ascending).
     """
-    N = top.shape[-1]
-    if n_samples == 0:
-        return torch.zeros_like(top)
-    position = torch.arange(N, device=top.device)  # [N]
-    rest = N - n_top
-    rest_ascending = torch.where(top, N + position, position).sort(dim=-1).values[:, :rest]  # [B, R]
-    pick = torch.div((2 * torch.arange(n_samples, device=top.device) + 1) * rest, 2 * n_samples, rounding_mode="floor")
-    chosen = rest_ascending[:, pick]  # [B, n_samples]
-    return torch.zeros_like(top).scatter_(-1, chosen, True)
+    ratio = min(budget, n) / (2 * n)
+    n_top = int(n * ratio)
+    step = int(1 / ratio)
+    raster = list(range(int(step / 2), n - 1, step))
+    if n_top + len(raster) == 0:
+        n_top = 1
+    return n_top, raster
+
+
+def _fixed_plus_candidates(order: torch.Tensor, n_top: int, raster: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre list and the published complement for the fixed-count PruMerge+ rule.
+
+    Args:
+        order: ``[B, N]`` patch indices by descending attention.
+    Returns:
+        ``(centres [B, M], complement [B, N - M])``. The complement is the published ``complement_idx``: the
+        non-centre patches in ascending order without their R smallest, R = the number of repeated entries in the
+        centre list (the published function drops as many leading entries as the list is long).
+    """
+    B, N = order.shape
+    device = order.device
+    raster_t = torch.tensor(raster, dtype=torch.long, device=device).expand(B, len(raster))
+    centres = torch.cat([order[:, :n_top], raster_t], dim=1)  # [B, M]
+    listed = torch.zeros(B, N, dtype=torch.bool, device=device).scatter_(1, centres, True)  # [B, N]
+    distinct = listed.sum(dim=1)  # [B]
+    repeats = centres.shape[1] - distinct  # [B]
+    position = torch.arange(N, device=device)
+    ascending_rest = torch.where(listed, N + position, position).sort(dim=1).values  # complement first, ascending
+    take = repeats.unsqueeze(1) + torch.arange(N - centres.shape[1], device=device)  # [B, N - M]
+    return centres, ascending_rest.gather(1, take)
+
+
+def _merge_fixed_plus(features, keys, cls_attn, centres, complement, neighbors: int) -> list[torch.Tensor]:
+    """Merge as the published loop does for an explicit centre list (repeats allowed), ``[B, M + 1, C]`` split.
+
+    Centre at list position i merges its ``neighbors`` nearest by key cosine among the *other list positions*
+    (a repeated copy of its own patch included) and the complement; the extra token sums the complement.
+    """
+    B, M = centres.shape
+    with torch.no_grad():
+        candidates = torch.cat([centres, complement], dim=1)  # [B, N]: other positions + complement (+ self)
+        unit = torch.nn.functional.normalize(keys.detach().float(), p=2, dim=-1)  # [B, N, Ck]
+        centre_keys = unit.gather(1, centres.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # [B, M, Ck]
+        cand_keys = unit.gather(1, candidates.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # [B, N, Ck]
+        similarity = torch.bmm(centre_keys, cand_keys.transpose(1, 2))  # [B, M, N]
+        own = torch.arange(M, device=centres.device)
+        similarity[:, own, own] = float("-inf")  # position i is not its own neighbour; its repeated copy is
+        picked = similarity.topk(min(neighbors, candidates.shape[1] - 1), dim=-1).indices  # [B, M, k]
+        neighbours = candidates.gather(1, picked.flatten(1)).view_as(picked)  # patch indices, maybe repeated
+    weights = cls_attn.to(features.dtype)  # [B, N]
+    merge_matrix = features.new_zeros(B, M + 1, features.shape[1])
+    merge_matrix[:, :M].scatter_add_(-1, neighbours, weights.gather(-1, neighbours.flatten(1)).view_as(neighbours))
+    merge_matrix[:, :M].scatter_add_(-1, centres.unsqueeze(-1), features.new_ones(B, M, 1))
+    merge_matrix[:, M].scatter_add_(-1, complement, weights.gather(-1, complement))
+    return list(torch.bmm(merge_matrix, features))  # B x [M + 1, C]
 
 
 def _check_inputs(features: torch.Tensor, keys: torch.Tensor, cls_attn: torch.Tensor, budget, neighbors) -> None:
@@ -262,10 +319,10 @@ def prumerge(
             only their directions matter (cosine similarity, computed in float32).
         cls_attn: ``[B, N]`` CLS attention on each patch (``cls_attention``): finite, non-negative.
         plus: PruMerge+: add the spatially uniform raster samples as further centres.
-        budget: None for PruMerge's adaptive (IQR outlier) count; else K, the exact number of centres per image,
-            clamped to N (so ``K + 1`` tokens with the extra one). With ``plus=True`` the centres are the top
-            ``ceil(K / 4)`` patches by attention (the published mix is about one top-k centre per three raster
-            samples) and ``K - ceil(K / 4)`` patches spread evenly, in raster order, over the rest.
+        budget: None for PruMerge's adaptive (IQR outlier) count; else K. PruMerge: the top K patches (clamped to
+            N), so ``K + 1`` tokens with the extra one. PruMerge+: the published fixed-count rule
+            (``fixed_plus_plan``): about K centres (144 at K = 144), a patch that is both a top patch and a raster
+            sample counted twice.
         neighbors: patches merged into each centre (published: 32); clamped to N - 1; 0 merges nothing.
 
     Returns:
@@ -294,16 +351,27 @@ def prumerge(
         order = torch.sort(attn, dim=-1, descending=True, stable=True).indices  # [B, N]
         rank = torch.empty_like(order).scatter_(-1, order, position.expand(B, N))  # [B, N] each patch's rank
 
+        if plus and budget is not None:  # the published fixed-count rule: its own centre list, with repeats
+            n_top, raster = fixed_plus_plan(N, budget)
+            centres, complement = _fixed_plus_candidates(order, n_top, raster)
+            if bool(invalid):  # the one host sync of this branch (the counts are known on the host)
+                raise ValueError(
+                    f"cls_attn must hold finite, non-negative attention weights; "
+                    f"cls_attn of shape {list(cls_attn.shape)} contains NaN, inf or negative values"
+                )
+    if plus and budget is not None:
+        tokens = _merge_fixed_plus(features, keys, cls_attn, centres, complement, neighbors)
+        return PruMergeOutput(tokens=tokens, kept=list(centres))
+
+    with torch.no_grad():
         if budget is None:
             counts = outlier_count(attn)  # [B]
             keep, _ = _published_keep_and_step(counts, N)  # [B]
             top = rank < keep.unsqueeze(-1)  # [B, N]
             samples = plus_sample_mask(counts, N) & ~top if plus else torch.zeros_like(top)  # [B, N]
-        else:
-            total = min(budget, N)
-            n_top = -(-total // 4) if plus else total
-            top = rank < n_top  # [B, N]
-            samples = _budget_sample_mask(top, n_top, total - n_top)  # [B, N]
+        else:  # plain PruMerge at a budget: the top K (the published if_adaptive=False branch)
+            top = rank < min(budget, N)  # [B, N]
+            samples = torch.zeros_like(top)
         centre = top | samples  # [B, N]
 
         # output order: top-k by attention rank, then raster samples by patch index, then the other patches
