@@ -2,7 +2,9 @@
 
 Environment: ``LLAVA_MODEL_PATH`` (default ``liuhaotian/llava-v1.5-13b``), ``LLAVA_MODEL_BASE`` (for LoRA
 checkpoints), ``LLAVA_TOKEN_REDUCTION`` (none | prumerge | prumerge+; default: the checkpoint's own rule),
-``LLAVA_TOKEN_BUDGET``, ``LLAVA_DEVICE`` (default: the best available).
+``LLAVA_TOKEN_BUDGET``, ``LLAVA_DEVICE`` (default: the best available). LLaVA-1.6 (anyres) checkpoints work too:
+the image's original size goes to ``generate`` as ``image_sizes``; after a prediction the model's
+``last_visual_patch_counts`` / ``last_visual_token_counts`` hold the patches encoded and the tokens read.
 """
 
 from __future__ import annotations
@@ -51,14 +53,17 @@ class Predictor(BasePredictor):
         stop = conv.sep if conv.sep_style != SeparatorStyle.TWO else conv.sep2
 
         picture = load_image(str(image))
-        pixels = process_images([picture], self.image_processor, self.model.config)
-        pixels = pixels.to(self.model.device, dtype=self.model.dtype)
+        pixels = process_images([picture], self.image_processor, self.model.config)  # anyres: [1, tiles, 3, H, W]
+        if isinstance(pixels, list):
+            pixels = [p.to(self.model.device, dtype=self.model.dtype) for p in pixels]
+        else:
+            pixels = pixels.to(self.model.device, dtype=self.model.dtype)
         input_ids = tokenizer_image_token(full_prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300.0)
         kwargs = dict(
             inputs=input_ids.unsqueeze(0).to(self.model.device),
             images=pixels,
-            image_sizes=[picture.size],
+            image_sizes=[picture.size],  # original (width, height): anyres (LLaVA-1.6) lays out tiles by it
             do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else None,
             top_p=top_p if temperature > 0 else None,

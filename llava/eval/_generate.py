@@ -94,6 +94,26 @@ class LoadedModel:
     def token_reduction(self) -> str:
         return self.model.get_vision_tower().token_reduction.mode
 
+    @property
+    def anyres(self) -> bool:
+        """True for a LLaVA-1.6 (anyres) model: its images are tiled, so the answers also record patch counts."""
+        return str(getattr(self.model.config, "image_aspect_ratio", "") or "").startswith("anyres")
+
+
+@dataclass
+class VisualCounts:
+    """One prompt's images as the model saw them (one entry per image; both empty for a text-only prompt).
+
+    Attributes:
+        tokens: the visual tokens the language model read per image (after reduction and, for LLaVA-1.6, the
+            spatial layout with its row newlines): ``model.last_visual_token_counts``.
+        patches: the patches the vision tower encoded per image (tiles x 576 for anyres, 2880 for a 672x672
+            image): ``model.last_visual_patch_counts``.
+    """
+
+    tokens: list[int]
+    patches: list[int]
+
 
 def load_model(args) -> LoadedModel:
     """Load ``args.model_path`` (``args.model_base``) on ``args.device`` with the requested token reduction."""
@@ -187,16 +207,19 @@ def generate_answers(
     image_sizes: Sequence[tuple[int, int]] | None,
     gen_kwargs: dict[str, Any],
     attention_mask: torch.Tensor | None = None,
-) -> tuple[list[str], list[list[int]]]:
+) -> tuple[list[str], list[VisualCounts]]:
     """Answer a batch of prompts (one image each, or none at all).
 
     Args:
         input_ids: B id tensors ``[T_i]`` (left-padded here), or ``[B, T]`` already left-padded with
             ``attention_mask``.
-        images: B preprocessed images (``[B, 3, H, W]`` or a list), or None for text-only prompts.
-        image_sizes: the B original ``(width, height)``, or None.
+        images: B preprocessed images (``[B, 3, H, W]``, ``[B, tiles, 3, H, W]`` or a list of ``[3, H, W]`` /
+            ``[tiles_i, 3, H, W]``), or None for text-only prompts.
+        image_sizes: the B ORIGINAL ``(width, height)`` (PIL's ``image.size`` before any preprocessing), in the
+            order of ``images``; an anyres (LLaVA-1.6) model needs them to lay out each image's tiles.
     Returns:
-        The B decoded answers (stripped) and, per prompt, the visual tokens its image kept (``[]`` without image).
+        The B decoded answers (stripped) and, per prompt, the :class:`VisualCounts` of its image (empty lists
+        without image).
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     if not isinstance(input_ids, torch.Tensor):
@@ -210,20 +233,34 @@ def generate_answers(
             images = images.to(device=model.device, dtype=model.dtype)
         else:
             images = stack_images([im.to(device=model.device, dtype=model.dtype) for im in images])
-        kwargs.update(images=images, image_sizes=list(image_sizes) if image_sizes is not None else None)
+        if image_sizes is not None and len(image_sizes) != batch:  # one image per prompt, sizes in the same order
+            raise AssertionError(f"expected {batch} image sizes, got {len(image_sizes)}")
+        kwargs.update(images=images, image_sizes=[tuple(s) for s in image_sizes] if image_sizes is not None else None)
     with torch.inference_mode():
         output_ids = model.generate(
             input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **kwargs
         )
     texts = [t.strip() for t in tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
     if images is None:
-        return texts, [[] for _ in range(batch)]
+        return texts, [VisualCounts([], []) for _ in range(batch)]
     counts = list(model.last_visual_token_counts)
-    if len(counts) != batch:  # one image per prompt: anything else is a bug upstream of here
-        raise AssertionError(f"expected {batch} visual token counts, got {len(counts)}")
-    return texts, [[c] for c in counts]
+    patches = list(getattr(model, "last_visual_patch_counts", None) or
+                   [model.get_vision_tower().num_patches] * len(counts))
+    if len(counts) != batch or len(patches) != batch:  # one image per prompt: anything else is a bug upstream
+        raise AssertionError(f"expected {batch} visual token counts, got {len(counts)} (and {len(patches)} patch "
+                             "counts)")
+    return texts, [VisualCounts([int(c)], [int(p)]) for c, p in zip(counts, patches)]
 
 
-def answer_metadata(visual_tokens: list[int], mode: str) -> dict[str, Any]:
-    """Upstream's (empty) metadata plus the visual tokens kept per image and the reduction mode."""
-    return {"visual_tokens": visual_tokens, "token_reduction": mode}
+def answer_metadata(visual: VisualCounts, mode: str, with_patches: bool = False) -> dict[str, Any]:
+    """Upstream's (empty) metadata plus the visual tokens per image and the reduction mode.
+
+    ``with_patches`` (anyres models, :attr:`LoadedModel.anyres`) adds ``"patches"``, the patches the tower encoded
+    per image (tiles x 576), between them: ``{"visual_tokens": [212], "patches": [2880], "token_reduction":
+    "prumerge"}``. Other models' answers go without it (every image there is the tower's 576 patches).
+    """
+    metadata: dict[str, Any] = {"visual_tokens": list(visual.tokens)}
+    if with_patches:
+        metadata["patches"] = list(visual.patches)
+    metadata["token_reduction"] = mode
+    return metadata

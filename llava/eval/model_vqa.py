@@ -8,7 +8,10 @@
 
 Questions: one JSON object per line, ``{"question_id", "image", "text"}``. Answers: one line per question, in
 question order, ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}`` where ``metadata`` is
-``{"visual_tokens": [n], "token_reduction": mode}``. The answers file appears only when every question is answered.
+``{"visual_tokens": [n], "token_reduction": mode}``; for an anyres (LLaVA-1.6) model it also holds the patches the
+tower encoded for the image, ``{"visual_tokens": [n], "patches": [2880], "token_reduction": mode}`` (a 672x672
+image: 1 + 4 tiles of 576). Each image's original ``(width, height)`` goes to ``generate`` as ``image_sizes``.
+The answers file appears only when every question is answered.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def eval_model(args) -> None:
             answers, counts = generate_answers(loaded, [encode_prompt(prompt, loaded.tokenizer)], images,
                                                [image.size], gen)
             out.write(answer_record(qid, text, answers[0], loaded.model_name,
-                                    answer_metadata(counts[0], loaded.token_reduction)))
+                                    answer_metadata(counts[0], loaded.token_reduction, loaded.anyres)))
     logger.info("wrote %d answers to %s", out.count, args.answers_file)
 
 

@@ -8,7 +8,9 @@
 
 Same files as ``model_vqa`` (``--max_new_tokens`` defaults to 128 here, as upstream). Images are loaded and
 preprocessed in ``--num-workers`` worker processes. ``--batch-size`` > 1 left-pads the prompts; with greedy
-decoding (``--temperature 0``) every answer is the one the question gets alone.
+decoding (``--temperature 0``) every answer is the one the question gets alone. Anyres (LLaVA-1.6) images of
+different aspect ratios give different tile counts: such a batch goes to ``generate`` as a list of per-image tile
+stacks, with each image's original ``(width, height)`` in ``image_sizes``, in batch order.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def eval_model(args) -> None:
             answers, counts = generate_answers(loaded, input_ids, images, image_sizes, gen, attention_mask)
             for line, answer, visual in zip(questions[done : done + len(answers)], answers, counts):
                 out.write(answer_record(line["question_id"], line["text"], answer, loaded.model_name,
-                                        answer_metadata(visual, loaded.token_reduction)))
+                                        answer_metadata(visual, loaded.token_reduction, loaded.anyres)))
             done += len(answers)
             progress.update(len(answers))
     if done != len(questions):  # the loader yields every question once; a mismatch would be a bug here

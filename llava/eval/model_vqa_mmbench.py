@@ -139,7 +139,7 @@ def eval_model(args) -> None:
                 answers, counts = generate_answers(loaded, [encode_prompt(prompt, loaded.tokenizer)], images,
                                                    [image.size], gen)
                 out.write(answer_record(qid, question, answers[0], loaded.model_name,
-                                        answer_metadata(counts[0], loaded.token_reduction),
+                                        answer_metadata(counts[0], loaded.token_reduction, loaded.anyres),
                                         round_id=round_idx, options=list(options), option_char=list(option_chars)))
                 options = options[1:] + options[:1]  # next round: the same letters over rotated texts
                 option_chars = option_chars[1:] + option_chars[:1]

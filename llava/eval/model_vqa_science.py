@@ -8,7 +8,8 @@
 
 Questions: a JSON list of ``{"id", "image"?, "conversations": [{"from": "human", "value": "...<image>..."}, ...]}``;
 the first turn is the question (its ``<image>`` is removed and put back in front when the sample has an image).
-Samples without ``image`` are asked as text only (``metadata.visual_tokens`` is then ``[]``).
+Samples without ``image`` are asked as text only (``metadata.visual_tokens`` is then ``[]``). Metadata as in
+``model_vqa`` (anyres models also record ``patches`` per image).
 ``--single-pred-prompt`` appends "Answer with the option's letter from the given choices directly."
 """
 
@@ -95,7 +96,7 @@ def eval_model(args) -> None:
                 answers, _ = generate_answers(loaded, [follow_up], images, sizes, short)
                 text = reasoning + "\n The answer is " + answers[0]
             out.write(answer_record(qid, cur_prompt, text, loaded.model_name,
-                                    answer_metadata(counts[0], loaded.token_reduction)))
+                                    answer_metadata(counts[0], loaded.token_reduction, loaded.anyres)))
     logger.info("wrote %d answers to %s", out.count, args.answers_file)
 
 

@@ -4,7 +4,10 @@
         --image-file view.jpg --query "What are the things I should be cautious about when I visit here?"
 
 Several images: ``--image-file a.jpg,b.jpg`` (split on ``--sep``), placed with ``<image-placeholder>`` in the
-query or, without one, all in front of it. Prints the answer, then ``visual tokens: 576 -> N (<mode>)``.
+query or, without one, all in front of it. Prints the answer, then ``visual tokens: 576 -> N (<mode>)``: the
+patches the tower encoded per image and the visual tokens the language model read (an anyres LLaVA-1.6 model
+tiles each image: ``2880 -> N`` for a 672x672 one, ``1728 -> N`` for a 336x672 one; images with different patch
+counts are listed in pairs). Each image's original ``(width, height)`` goes to ``generate`` as ``image_sizes``.
 ``eval_model(args)`` keeps upstream's Python entry point (``args`` may be any object with the same fields).
 """
 
@@ -18,13 +21,13 @@ from collections.abc import Sequence
 import torch
 
 from ..constants import IMAGE_TOKEN_INDEX
+from ..conv_mode import choose_conv_mode
 from ..conversation import conv_templates
 from ..mm_utils import get_model_name_from_path, load_images, process_images, tokenizer_image_token
 from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
 from .common import (
     add_image_tokens,
-    choose_conv_mode,
     configure_logging,
     default_device,
     run_cli,

@@ -23,8 +23,8 @@ import httpx
 from PIL import Image
 
 from ..constants import DEFAULT_IMAGE_TOKEN
-from ..conversation import Conversation, SeparatorStyle, conv_templates, default_conversation
-from ..eval.common import infer_conv_mode
+from ..conv_mode import stop_string, web_template_name
+from ..conversation import Conversation, conv_templates, default_conversation
 from ._stream import ERROR_NONE, iter_stream_objects
 
 logger = logging.getLogger("llava.serve.gradio_web_server")
@@ -36,8 +36,8 @@ MAX_TEXT_CHARS = 1536
 MAX_TEXT_CHARS_WITH_IMAGE = 1200
 #: upstream's ceiling on the max_new_tokens the demo sends
 MAX_NEW_TOKENS_LIMIT = 1536
-#: visual tokens per image before reduction: CLIP ViT-L/14 at 336 px gives a 24 x 24 patch grid. The worker's
-#: stream reports only the kept counts, so the "before" side of the display is this LLaVA-1.5 constant.
+#: patches per image before reduction when a worker does not say: CLIP ViT-L/14 at 336 px gives a 24 x 24 grid.
+#: Workers report the real count per image in the stream's ``"patches"`` (anyres LLaVA-1.6: tiles x 576).
 PATCHES_PER_IMAGE = 576
 IMAGE_PROCESS_MODES = ("Crop", "Resize", "Pad", "Default")
 
@@ -120,18 +120,16 @@ def prepare_regenerate(conv: Conversation, image_process_mode: str) -> Conversat
 
 
 def template_for_model(conv: Conversation, model_name: str) -> Conversation:
-    """At the first round, move the user's message into the template the model was trained with."""
+    """At the first round, move the user's message into the template the model was trained with.
+
+    The template comes from the model's name by upstream's web-demo rule (:func:`llava.conv_mode.web_template_name`).
+    """
     if len(conv.messages) != conv.offset + 2:
         return conv
-    fresh = conv_templates[infer_conv_mode(model_name)].copy()
+    fresh = conv_templates[web_template_name(model_name)].copy()
     fresh.append_message(fresh.roles[0], conv.messages[-2][1])
     fresh.append_message(fresh.roles[1], None)
     return fresh
-
-
-def stop_string(conv: Conversation) -> str:
-    """The string that ends an answer in this template (upstream's choice)."""
-    return conv.sep if conv.sep_style in (SeparatorStyle.SINGLE, SeparatorStyle.MPT) else conv.sep2
 
 
 def build_request(conv: Conversation, model_name: str, temperature: float, top_p: float,
@@ -148,19 +146,30 @@ def build_request(conv: Conversation, model_name: str, temperature: float, top_p
     }
 
 
-def format_visual_tokens(kept: Sequence[int], mode: str | None, patches: int | None = None) -> str:
-    """The visual-token line shown under the chat, one ``before → after`` per image; ``patches`` is the worker's
-    ``patches_per_image`` (LLaVA-1.5's 576 when a worker does not say).
+def format_visual_tokens(kept: Sequence[int], mode: str | None,
+                         patches: int | Sequence[int] | None = None) -> str:
+    """The visual-token line shown under the chat, one ``patches → tokens`` per image.
+
+    ``patches`` is the worker's ``"patches"`` (one count per image: tiles x 576 for an anyres LLaVA-1.6 image), or
+    an older worker's single ``"patches_per_image"`` number, or None (LLaVA-1.5's 576). Without reduction an image
+    whose token count equals its patch count shows the count alone.
 
     >>> format_visual_tokens([36], "prumerge")
     'visual tokens: 576 → 36 (prumerge)'
+    >>> format_visual_tokens([212, 51], "prumerge", [2880, 1728])
+    'visual tokens: 2880 → 212, 1728 → 51 (prumerge)'
+    >>> format_visual_tokens([2928], "none", [2880])
+    'visual tokens: 2880 → 2928 (no reduction)'
     """
     if not kept:
         return ""
-    if mode in (None, "none"):
-        return "visual tokens: " + ", ".join(str(n) for n in kept) + " (no reduction)"
-    before = patches or PATCHES_PER_IMAGE
-    return "visual tokens: " + ", ".join(f"{before} → {n}" for n in kept) + f" ({mode})"
+    if isinstance(patches, (list, tuple)) and len(patches) == len(kept):
+        before = [int(p) for p in patches]
+    else:
+        before = [int(patches) if isinstance(patches, int) and patches > 0 else PATCHES_PER_IMAGE] * len(kept)
+    unreduced = mode in (None, "none")
+    parts = [str(n) if unreduced and n == b else f"{b} → {n}" for b, n in zip(before, kept)]
+    return "visual tokens: " + ", ".join(parts) + (" (no reduction)" if unreduced else f" ({mode})")
 
 
 @dataclass
@@ -230,5 +239,5 @@ def stream_reply(conv: Conversation, model_name: str | None, client: ControllerC
         return
     conv.messages[-1][-1] = conv.messages[-1][-1].removesuffix(STREAM_CURSOR)
     line = format_visual_tokens(final.get("visual_tokens") or [], final.get("token_reduction"),
-                                final.get("patches_per_image"))
+                                final.get("patches") or final.get("patches_per_image"))
     yield ReplyUpdate(conv, done=True, visual_tokens=line)

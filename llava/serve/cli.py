@@ -4,7 +4,9 @@
 
 Each line read from stdin is a user turn (the first one carries the image); the answer is streamed as it is
 generated. An empty line or end of input ends the chat. After the first answer the visual-token count is printed
-once: ``visual tokens: 576 -> N (mode)``.
+once: ``visual tokens: 576 -> N (mode)`` (patches the tower encoded -> tokens the language model read; an anyres
+LLaVA-1.6 model tiles the image: ``2880 -> N`` for a 672x672 one). The image's original ``(width, height)`` goes
+to ``generate`` as ``image_sizes`` on every turn.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from transformers import StoppingCriteriaList, TextStreamer
 
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from ..conversation import SeparatorStyle, conv_templates
-from ..eval.common import choose_conv_mode, configure_logging, default_device, run_cli, visual_token_summary
+from ..conv_mode import choose_conv_mode, stop_string
+from ..conversation import conv_templates
+from ..eval.common import configure_logging, default_device, run_cli, visual_token_summary
 from ..mm_utils import (
     KeywordsStoppingCriteria,
     get_model_name_from_path,
@@ -31,11 +34,6 @@ from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
 
 logger = logging.getLogger("llava.serve.cli")
-
-
-def stop_string(conv) -> str:
-    """The text that ends an assistant turn in ``conv``'s format."""
-    return conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
 
 
 def chat(args: argparse.Namespace) -> None:
@@ -84,7 +82,7 @@ def chat(args: argparse.Namespace) -> None:
         print(f"{roles[1]}: ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         # generate() returns new tokens only, so the keyword search starts at generated token 0
-        stopping = StoppingCriteriaList([KeywordsStoppingCriteria([stop], tokenizer, input_ids[:, :0])])
+        stopping = StoppingCriteriaList([KeywordsStoppingCriteria([stop], tokenizer, input_ids[:, :0])] if stop else [])
         with torch.inference_mode():
             output_ids = model.generate(
                 input_ids,

@@ -7,9 +7,17 @@ Endpoints (JSON POST, as upstream LLaVA's worker):
 
 * ``/worker_generate_stream`` {model, prompt, images: [base64], temperature, top_p, max_new_tokens, stop}:
   a stream of ``{"text": prompt + generated so far, "error_code": 0}`` objects, each followed by a NUL byte. The
-  last object also carries ``"visual_tokens"`` (tokens kept per image after reduction), ``"patches_per_image"``
-  (the tower's tokens per image before it) and ``"token_reduction"`` (the mode). Failures (wrong image count, bad image, out of memory, ...) arrive as ``{"text": why,
-  "error_code": 1}`` instead of a dropped connection.
+  last object of a request with images also carries, one entry per image in request order:
+
+  - ``"visual_tokens"``: the visual tokens the language model read (after reduction and, for an anyres
+    LLaVA-1.6 model, the spatial layout with its row newlines), e.g. ``[2928]`` for a 672x672 image unreduced;
+  - ``"patches"``: the patches the vision tower encoded (tiles x 576 for anyres: ``[2880]`` for 672x672,
+    ``[1728]`` for 336x672; ``[576]`` per image for LLaVA-1.5);
+
+  and ``"patches_per_image"`` (the tower's patches per image *tile*, 576 for CLIP ViT-L/14-336: the one number
+  earlier workers sent, kept as it was so older clients still read it; use ``"patches"``) and
+  ``"token_reduction"`` (the mode). Failures (wrong image count, bad image, out of memory, an anyres model
+  without image sizes, ...) arrive as ``{"text": why, "error_code": 1}`` instead of a dropped connection.
 * ``/worker_get_status``: ``{"model_names": [name], "speed": 1, "queue_length": n}``.
 
 At most ``--limit-model-concurrency`` requests generate at once; the others wait (they count in queue_length).
@@ -43,13 +51,14 @@ from ..constants import (
 from ..eval.common import default_device
 from ..mm_utils import (
     KeywordsStoppingCriteria,
+    get_anyres_image_grid_shape,
     get_model_name_from_path,
     load_image_from_base64,
     process_images,
     tokenizer_image_token,
 )
 from ..model.builder import load_pretrained_model
-from ..model.token_reduction import add_token_reduction_args
+from ..model.token_reduction import add_token_reduction_args, split_budget
 from ..utils import build_logger, pretty_print_semaphore
 from ._generation import (
     EXCEEDS_CONTEXT_MESSAGE,
@@ -81,6 +90,7 @@ class _Generation:
     """What the generation thread hands back to the streaming side."""
 
     visual_tokens: list[int] = field(default_factory=list)
+    patches: list[int] = field(default_factory=list)  # per image: the patches the tower encoded (tiles x N)
     error: BaseException | None = None
 
 
@@ -139,10 +149,11 @@ class ModelWorker:
             model_path, model_base, self.model_name, load_8bit, load_4bit, device=device or default_device(),
             use_flash_attn=use_flash_attn, token_reduction=token_reduction, token_budget=token_budget,
         )
+        self.context_len = serving_context_len(self.context_len, self.model.config)
         self.is_multimodal = self.image_processor is not None
         tower = self.model.get_vision_tower() if self.is_multimodal else None
         self.token_reduction_mode = tower.token_reduction.mode if tower is not None else None
-        self.patches_per_image = tower.num_patches if tower is not None else None
+        self.patches_per_image = tower.num_patches if tower is not None else None  # per tile: the stream's old key
         if self.is_multimodal:
             logger.info("worker %s: %s", worker_id, self.model.get_vision_tower().token_reduction.describe())
         else:
@@ -159,14 +170,15 @@ class ModelWorker:
     # --- controller ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Make the semaphore (call on the serving event loop), register, and start heartbeating."""
+        """Make the semaphore (call on the serving event loop) and start the thread that registers and heartbeats.
+
+        Registration happens on that thread: the controller lists a worker only once it has answered
+        ``/worker_get_status`` itself, which this one can do only after the server has started listening, i.e.
+        after the lifespan startup that calls this.
+        """
         self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
         if self.no_register:
             return
-        try:
-            self.register_to_controller()
-        except httpx.HTTPError as err:  # the heartbeat registers again once the controller answers
-            logger.error("cannot register with the controller at %s: %s", self.controller_addr, err)
         self._stop.clear()
         self._heart_beat_thread = threading.Thread(target=self._heart_beat_loop, name="worker-heartbeat",
                                                    daemon=True)
@@ -179,12 +191,18 @@ class ModelWorker:
             self._heart_beat_thread.join(timeout=10)
             self._heart_beat_thread = None
 
-    def register_to_controller(self) -> None:
-        """Register with the controller, sending our status (so it need not call back)."""
+    def register_to_controller(self) -> bool:
+        """Register with the controller, sending our status (upstream's field; the controller asks us again).
+
+        Returns:
+            False when the controller answered that it could not reach this worker (``{"registered": false}``).
+        """
         logger.info("registering with the controller at %s", self.controller_addr)
         response = httpx.post(self.controller_addr + "/register_worker", timeout=HTTP_TIMEOUT, json={
             "worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()})
         response.raise_for_status()
+        answer = response.json() if response.content else None
+        return not (isinstance(answer, dict) and answer.get("registered") is False)
 
     def send_heart_beat(self) -> bool:
         """One heartbeat; registers again when the controller has forgotten us. False when it failed."""
@@ -201,8 +219,27 @@ class ModelWorker:
             return False
         return True
 
+    def _register_until_listed(self) -> None:
+        """Register, retrying soon (0.1 s, doubling up to the heartbeat interval) until the controller lists us."""
+        delay, reported = 0.1, False
+        while not self._stop.is_set():
+            try:
+                if self.register_to_controller():
+                    return
+                why = "it could not reach this worker at " + self.worker_addr
+            except httpx.HTTPError as err:
+                why = str(err)
+            if not reported:  # once: the retries go on quietly
+                logger.error("cannot register with the controller at %s yet (%s); retrying", self.controller_addr,
+                             why)
+                reported = True
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.heart_beat_interval)
+
     def _heart_beat_loop(self) -> None:
-        """A beat every interval, and one at once when a request starts or ends (fresh queue length)."""
+        """Register, then a beat every interval, and one at once when a request starts or ends (fresh queue
+        length)."""
+        self._register_until_listed()
         while not self._stop.is_set():
             self._beat_now.wait(self.heart_beat_interval)
             self._beat_now.clear()
@@ -317,32 +354,34 @@ class ModelWorker:
         if result.error is not None:
             raise result.error
         yield {"text": prompt + generated, "error_code": ERROR_NONE, "visual_tokens": result.visual_tokens,
-               "patches_per_image": self.patches_per_image, "token_reduction": self.token_reduction_mode}
+               "patches": result.patches, "patches_per_image": self.patches_per_image,
+               "token_reduction": self.token_reduction_mode}
 
     def _prepare_images(self, prompt: str, images_b64: list[str]) -> tuple[str, dict[str, Any], int]:
         """Decode and preprocess the request's images.
 
         Returns:
             The prompt as the model reads it (``<im_start><image><im_end>`` when the model uses them), the
-            ``images`` / ``image_sizes`` arguments for ``generate``, and an upper bound of the visual tokens (the
-            tower's patches per image or tile, before any reduction).
+            ``images`` / ``image_sizes`` arguments for ``generate`` (the decoded images' original
+            ``(width, height)``, in request order), and an upper bound of the visual tokens the language model will
+            read for them (:func:`visual_token_upper_bound`), which the context-length check adds to the prompt.
         """
         if not images_b64:
             return prompt, {}, 0
         images = [load_image_from_base64(b64).convert("RGB") for b64 in images_b64]  # size-checked before decoding
+        image_sizes = [image.size for image in images]  # original sizes: process_images resizes / tiles copies
         pixel_values = process_images(images, self.image_processor, self.model.config)
         tower = self.model.get_vision_tower()
         if isinstance(pixel_values, list):  # anyres: [tiles_i, 3, H, W] each
             pixel_values = [p.to(tower.device, dtype=tower.dtype) for p in pixel_values]
-            tiles = sum(p.shape[0] if p.dim() == 4 else 1 for p in pixel_values)
         else:  # [B, 3, H, W], or [B, tiles, 3, H, W] for anyres images that share a shape
             pixel_values = pixel_values.to(tower.device, dtype=tower.dtype)
-            tiles = pixel_values.shape[0] * (pixel_values.shape[1] if pixel_values.dim() == 5 else 1)
         if self.model.config.mm_use_im_start_end:
             prompt = prompt.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN
                                     + DEFAULT_IM_END_TOKEN)
-        image_args = {"images": pixel_values, "image_sizes": [image.size for image in images]}
-        return prompt, image_args, tiles * tower.num_patches
+        image_args = {"images": pixel_values, "image_sizes": image_sizes}
+        bound = visual_token_upper_bound(pixel_values, image_sizes, self.model.config, tower)
+        return prompt, image_args, bound
 
     def _run_generate(self, gen_kwargs: dict[str, Any], result: _Generation, has_images: bool) -> None:
         """Thread body: ``model.generate`` feeding the streamer; failures are stored in ``result``.
@@ -357,6 +396,8 @@ class ModelWorker:
             nonlocal held
             if has_images:
                 result.visual_tokens = list(self.model.last_visual_token_counts)
+                result.patches = list(getattr(self.model, "last_visual_patch_counts", None)
+                                      or [self.patches_per_image] * len(result.visual_tokens))
             held = False
             self._prefill_lock.release()
 
@@ -371,6 +412,66 @@ class ModelWorker:
         finally:
             if held:
                 self._prefill_lock.release()
+
+
+def serving_context_len(context_len: int, config) -> int:
+    """The context the worker fits prompt + visual tokens + answer into.
+
+    ``load_pretrained_model`` gives ``max_sequence_length`` or upstream's 2048; LLaVA-1.6 checkpoints have no
+    ``max_sequence_length`` but were trained (and truncate their inputs) at ``tokenizer_model_max_length`` 4096, and
+    one unreduced 672x672 image alone reads 2928 visual tokens. So the larger of the two, the trained length
+    capped at ``max_position_embeddings`` when the config gives it (LLaVA-1.5: 2048 either way, unchanged).
+    """
+    trained = getattr(config, "tokenizer_model_max_length", None)
+    if not trained:
+        return context_len
+    positions = getattr(config, "max_position_embeddings", None)
+    extended = min(int(trained), int(positions)) if positions else int(trained)
+    return max(int(context_len), extended)
+
+
+def tiles_per_image(pixel_values: torch.Tensor | Sequence[torch.Tensor]) -> tuple[list[int], bool]:
+    """The tiles of each image in a ``generate`` images argument, and whether the model lays them out per image.
+
+    ``[B, 3, H, W]``: one tile each, read as plain ("flat") images; ``[B, T, 3, H, W]`` or a list of
+    ``[T_i, 3, H, W]`` / ``[3, H, W]``: anyres tile stacks, laid out by ``mm_patch_merge_type``.
+    """
+    if isinstance(pixel_values, torch.Tensor):
+        if pixel_values.dim() == 4:
+            return [1] * pixel_values.shape[0], False
+        return [pixel_values.shape[1]] * pixel_values.shape[0], True
+    return [p.shape[0] if p.dim() == 4 else 1 for p in pixel_values], True
+
+
+def visual_token_upper_bound(pixel_values, image_sizes: Sequence[Sequence[int]], config, tower) -> int:
+    """An upper bound of the visual tokens the language model reads for these images (before encoding them).
+
+    Per tile: the tower's N patches (576), plus PruMerge's extra token when a reduction runs (its centres are at
+    most ``max(N, the tile's share of --token-budget)``). Per anyres image with ``spatial_unpad``: plus one
+    ``image_newline`` per row of the stitched tile grid (``nh * 24`` rows before the padding is cut; one newline
+    after a lone base tile). Unreduced, a 672x672 LLaVA-1.6 image gives exactly 5 * 576 + 48 = 2928, more than
+    its 2880 patches; a 500x300 one reads 1560 tokens against the bound 3 * 576 + 24 = 1752.
+    """
+    tiles, per_image_layout = tiles_per_image(pixel_values)
+    reduction = tower.token_reduction
+    unpad = per_image_layout and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
+    side = tower.num_patches_per_side
+    total = 0
+    for i, count in enumerate(tiles):
+        for share in split_budget(reduction.budget, count):
+            total += max(tower.num_patches, share or 0) + 1 if reduction.enabled else tower.num_patches
+        if not unpad:
+            continue
+        if count == 1:
+            total += 1
+            continue
+        try:
+            _, grid_rows = get_anyres_image_grid_shape(tuple(image_sizes[i]), config.image_grid_pinpoints,
+                                                       tower.config.image_size)
+        except (TypeError, ValueError, IndexError):  # no usable pinpoints or size: at most one grid row per tile
+            grid_rows = count - 1
+        total += int(grid_rows) * side
+    return total
 
 
 def create_app(worker: ModelWorker) -> FastAPI:

@@ -62,6 +62,10 @@ def cluster(tiny_checkpoint):
                                  heart_beat_interval=0.4)
             servers.append(server.start(create_worker_app(worker)))
             workers[name] = worker
+        # the controller lists a worker once it has answered /worker_get_status, i.e. once it is listening
+        deadline = time.monotonic() + 10
+        while controller.list_models() != [MODEL, MODEL_NONE] and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield controller, controller_server.url, workers
     finally:
         for server in servers:
@@ -110,17 +114,21 @@ def test_worker_status_fields(cluster):
 
 
 def test_heartbeats_keep_workers_while_a_silent_one_expires(cluster):
+    from fastapi import FastAPI
+
     controller, url, _ = cluster
-    httpx.post(url + "/register_worker", json={"worker_name": "http://127.0.0.1:9", "check_heart_beat": True,
-                                               "worker_status": {"model_names": ["ghost"], "speed": 1,
-                                                                 "queue_length": 0}})
-    assert "ghost" in httpx.post(url + "/list_models").json()["models"]
-    deadline = time.monotonic() + 3 * EXPIRATION
-    while "ghost" in httpx.post(url + "/list_models").json()["models"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    # more than one expiration has passed since the workers registered: their heartbeats kept them
-    assert httpx.post(url + "/list_models").json() == {"models": [MODEL, MODEL_NONE]}
-    assert "http://127.0.0.1:9" not in controller.worker_info
+    ghost_app = FastAPI()  # answers the controller's status check, then never sends a heartbeat
+    ghost_app.post("/worker_get_status")(lambda: {"model_names": ["ghost"], "speed": 1, "queue_length": 0})
+    with BackgroundServer(ghost_app) as ghost:
+        response = httpx.post(url + "/register_worker", json={"worker_name": ghost.url, "check_heart_beat": True})
+        assert response.json() == {"registered": True}
+        assert "ghost" in httpx.post(url + "/list_models").json()["models"]
+        deadline = time.monotonic() + 3 * EXPIRATION
+        while "ghost" in httpx.post(url + "/list_models").json()["models"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # more than one expiration has passed since the workers registered: their heartbeats kept them
+        assert httpx.post(url + "/list_models").json() == {"models": [MODEL, MODEL_NONE]}
+        assert ghost.url not in controller.worker_info
 
 
 # --- generation -------------------------------------------------------------------------------------------------
