@@ -54,20 +54,16 @@ def get_chunk(lst: Sequence[T], n: int, k: int) -> Sequence[T]:
 # --- question files -------------------------------------------------------------------------------------------
 
 
-def read_jsonl(
-    path: str | os.PathLike, required: Iterable[str] = (), what: str = "question file"
-) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects; blank lines are skipped.
+def read_jsonl_lines(path: str | os.PathLike, what: str = "file") -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file (numbers count from 1, blank lines too).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: a line that is not valid JSON, not an object, or lacks a ``required`` key; the message gives
-            ``file:line``.
+        FileNotFoundError: no such file (the message says which ``what`` it is).
+        ValueError: a line that is not valid JSON or not an object; the message gives ``file:line``.
     """
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
-    required = tuple(required)
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -79,10 +75,28 @@ def read_jsonl(
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key {missing[0]!r} (each line needs {', '.join(required)})")
-            rows.append(row)
+            rows.append((lineno, row))
+    return rows
+
+
+def read_jsonl(
+    path: str | os.PathLike, required: Iterable[str] = (), what: str = "question file"
+) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects; blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line that is not valid JSON, not an object, or lacks a ``required`` key; the message gives
+            ``file:line``.
+    """
+    required = tuple(required)
+    rows = []
+    for lineno, row in read_jsonl_lines(path, what):
+        missing = [key for key in required if key not in row]
+        if missing:
+            path = os.path.expanduser(os.fspath(path))
+            raise ValueError(f"{path}:{lineno}: missing key {missing[0]!r} (each line needs {', '.join(required)})")
+        rows.append(row)
     return rows
 
 

@@ -7,9 +7,11 @@ runs as ``python llava/eval/eval_pope.py`` with the package installed).
         --result-file ./playground/data/eval/pope/answers/llava-v1.5-13b.jsonl
 
 ``--annotation-dir`` holds ``coco_pope_<category>.json`` files (JSON lines with a ``label`` of "yes"/"no"); the
-question file gives each question's ``category``. Within a category, answers are matched to labels in order (the
-question file lists each category's questions in its annotation file's order). An answer is "no" when its first
-sentence (commas removed) has the word "no", "No" or "not"; otherwise "yes". "yes" is the positive class.
+question file gives each question's ``category``. Answers are matched to questions by ``question_id``, in any
+order, and every question must be answered once (a repeated, extra or missing id is an error). Within a category the
+k-th question of the question file takes the annotation file's k-th label (the question file lists each category's
+questions in its annotation file's order; where both give an ``image`` they must agree). An answer is "no" when its
+first sentence (commas removed) has the word "no", "No" or "not"; otherwise "yes". "yes" is the positive class.
 For each category prints the TP/FP/TN/FN counts, Accuracy, Precision, Recall, F1 score, Yes ratio and the line
 ``f1, acc, precision, recall, yes_ratio`` (3 decimals).
 """
@@ -17,12 +19,13 @@ For each category prints the TP/FP/TN/FN counts, Accuracy, Precision, Recall, F1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
-from llava.eval._io import read_jsonl
+from llava.eval._answers import load_answers
+from llava.eval._io import read_jsonl_lines
 
 _PREFIX, _SUFFIX = "coco_pope_", ".json"
 
@@ -55,16 +58,7 @@ def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float
     }
 
 
-def eval_pope(answers: Sequence[dict], label_file: str) -> dict[str, float]:
-    """Print and return the metrics of ``answers`` (in question order) against ``label_file``'s labels."""
-    rows = read_jsonl(label_file)
-    if any("label" not in row for row in rows):
-        raise ValueError(f"{label_file}: every line needs a 'label' (\"yes\" or \"no\")")
-    labels = [row["label"] for row in rows]
-    if len(answers) != len(labels):
-        raise ValueError(f"{label_file}: {len(labels)} labels but {len(answers)} answers for this category "
-                         "(are the answers from a complete run?)")
-    m = pope_metrics([parse_yes_no(a["text"]) for a in answers], labels)
+def _print_metrics(m: dict[str, float]) -> None:
     print("TP\tFP\tTN\tFN\t")
     print("{}\t{}\t{}\t{}".format(m["TP"], m["FP"], m["TN"], m["FN"]))
     print("Accuracy: {}".format(m["accuracy"]))
@@ -73,32 +67,86 @@ def eval_pope(answers: Sequence[dict], label_file: str) -> dict[str, float]:
     print("F1 score: {}".format(m["f1"]))
     print("Yes ratio: {}".format(m["yes_ratio"]))
     print("%.3f, %.3f, %.3f, %.3f, %.3f" % (m["f1"], m["accuracy"], m["precision"], m["recall"], m["yes_ratio"]))
-    return m
+
+
+def read_questions(question_file: str) -> list[tuple[int, dict]]:
+    """``(line, question)`` of the question file; each needs a unique ``question_id`` and a ``category``."""
+    rows = read_jsonl_lines(question_file, "question file")
+    first_line: dict = {}
+    for line, q in rows:
+        for field in ("question_id", "category"):
+            if field not in q:
+                raise ValueError(f"{question_file}:{line}: no {field!r} field (each question needs question_id "
+                                 "and category)")
+        qid = q["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            raise ValueError(f"{question_file}:{line}: question_id {qid!r} is {type(qid).__name__}, "
+                             "expected a string or an integer")
+        if qid in first_line:
+            raise ValueError(f"{question_file}:{line}: question_id {qid!r} repeats line {first_line[qid]}")
+        first_line[qid] = line
+    if not rows:
+        raise ValueError(f"{question_file}: no questions (the question file is empty)")
+    return rows
+
+
+def read_labels(label_file: str) -> list[tuple[int, dict]]:
+    """``(line, row)`` of an annotation file; each row needs a ``label``."""
+    rows = read_jsonl_lines(label_file, "annotation file")
+    for line, row in rows:
+        if "label" not in row:
+            raise ValueError(f"{label_file}:{line}: no 'label' field (\"yes\" or \"no\")")
+    return rows
+
+
+def _pair_labels(questions: list[tuple[int, dict]], labels: list[tuple[int, dict]], question_file: str,
+                 label_file: str, category: str) -> list[str]:
+    """The label of each question of ``category``: its k-th question takes the annotation file's k-th line."""
+    if len(labels) != len(questions):
+        raise ValueError(f"{label_file}: {len(labels)} labels but {question_file} has {len(questions)} questions of "
+                         f"category {category!r} (the k-th question of a category takes the k-th label)")
+    for (q_line, q), (l_line, row) in zip(questions, labels):
+        q_image, l_image = q.get("image"), row.get("image")
+        if isinstance(q_image, str) and isinstance(l_image, str) and \
+                os.path.basename(q_image) != os.path.basename(l_image):
+            raise ValueError(f"{question_file}:{q_line}: question_id {q['question_id']!r} (image {q_image!r}) does "
+                             f"not match {label_file}:{l_line} (image {l_image!r}): the question file must list a "
+                             "category's questions in its annotation file's order")
+    return [row["label"] for _, row in labels]
 
 
 def evaluate(annotation_dir: str, question_file: str, result_file: str) -> dict[str, dict[str, float]]:
-    """Metrics per category (in sorted file order), printed as upstream prints them."""
-    questions = {}
-    for q in read_jsonl(question_file):
-        if "question_id" not in q or "category" not in q:
-            raise ValueError(f"{question_file}: every question needs 'question_id' and 'category', got {q}")
-        questions[q["question_id"]] = q
-    answers = read_jsonl(result_file)
-    for answer in answers:
-        if "question_id" not in answer or "text" not in answer:
-            raise ValueError(f"{result_file}: every answer needs 'question_id' and 'text', got {answer}")
-        if answer["question_id"] not in questions:
-            raise ValueError(f"{result_file}: question_id {answer['question_id']!r} is not in {question_file}")
+    """Metrics per category (in sorted file order), printed as upstream prints them.
+
+    Each answer is matched to its question by ``question_id`` (the answers may come in any order); the question
+    file must be answered exactly: a repeated, extra or missing id is an error.
+    """
+    questions = read_questions(question_file)
+    lines = {q["question_id"]: line for line, q in questions}
+    answers = load_answers(result_file, lines, question_file, expected_lines=lines)
+    if not os.path.isdir(annotation_dir):
+        raise FileNotFoundError(f"annotation directory not found: {annotation_dir}")
+    files = sorted(os.listdir(annotation_dir))
+    if not any(f.startswith(_PREFIX) and f.endswith(_SUFFIX) for f in files):
+        raise ValueError(f"{annotation_dir}: no {_PREFIX}<category>{_SUFFIX} annotation files")
     results = {}
-    for file in sorted(os.listdir(annotation_dir)):
+    for file in files:
         if not (file.startswith(_PREFIX) and file.endswith(_SUFFIX)):
             print(f"Skipping {file}")
             continue
         category = file[len(_PREFIX) : -len(_SUFFIX)]
-        cur_answers = [a for a in answers if questions[a["question_id"]]["category"] == category]
-        print("Category: {}, # samples: {}".format(category, len(cur_answers)))
-        results[category] = eval_pope(cur_answers, os.path.join(annotation_dir, file))
+        label_file = os.path.join(annotation_dir, file)
+        cur_questions = [(line, q) for line, q in questions if q["category"] == category]
+        labels = _pair_labels(cur_questions, read_labels(label_file), question_file, label_file, category)
+        preds = [parse_yes_no(answers[q["question_id"]].text) for _, q in cur_questions]
+        print("Category: {}, # samples: {}".format(category, len(cur_questions)))
+        results[category] = pope_metrics(preds, labels)
+        _print_metrics(results[category])
         print("====================================")
+    unscored = Counter(q["category"] for _, q in questions if q["category"] not in results)
+    for category, n in sorted(unscored.items(), key=lambda kv: str(kv[0])):
+        print(f"warning: {n} questions of category {category!r} in {question_file} not scored: no "
+              f"{_PREFIX}{category}{_SUFFIX} in {annotation_dir}", file=sys.stderr)
     return results
 
 
@@ -110,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         evaluate(args.annotation_dir, args.question_file, args.result_file)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

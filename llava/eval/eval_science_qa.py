@@ -9,8 +9,10 @@ as ``python llava/eval/eval_science_qa.py`` with the package installed).
 
 ``--base-dir`` holds ScienceQA's ``problems.json`` ({id: {"choices": [...], "answer": index, ...}}) and
 ``pid_splits.json`` ({split: [id, ...]}). An answer's letter is read as: the whole answer if it is an option letter;
-else its first character when followed by ". "; else X from a single "The answer is X." Anything else (and a
-problem with no answer) is "FAILED" and counts as wrong. Prints
+else its first character when followed by ". "; else X from a single "The answer is X." Anything else is "FAILED"
+and counts as wrong. Answers are matched to problems by ``question_id`` (in any order); each problem of the split
+must be answered once (upstream counted a missing answer as wrong; here a repeated, extra or missing id is an error
+naming the file, line and id). Prints
 ``Total: N, Correct: C, Accuracy: xx.xx%, IMG-Accuracy: xx.xx%`` (IMG: answers whose prompt has ``<image>``);
 writes the per-problem analysis to ``--output-file`` and ``{acc, correct, count, results, outputs}`` to
 ``--output-result``.
@@ -25,7 +27,8 @@ import re
 import sys
 from collections.abc import Sequence
 
-from llava.eval._io import read_json, read_jsonl
+from llava.eval._answers import load_answers
+from llava.eval._io import read_json
 
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
@@ -67,35 +70,32 @@ def evaluate(base_dir: str, result_file: str, split: str = "test", options: Sequ
         raise ValueError(f"{os.path.join(base_dir, 'pid_splits.json')}: no split {split!r} "
                          f"(found {', '.join(sorted(splits))})")
     problems = read_json(os.path.join(base_dir, "problems.json"))
-    predictions = {pred["question_id"]: pred for pred in read_jsonl(result_file)}
-    missing_problems = [pid for pid in splits[split] if pid not in problems]
+    split_ids = list(dict.fromkeys(splits[split]))  # upstream keys the split's problems by id: a repeat counts once
+    missing_problems = [pid for pid in split_ids if pid not in problems]
     if missing_problems:
         raise ValueError(f"{base_dir}/problems.json has no problem {missing_problems[0]!r} of split {split!r}")
+    predictions = load_answers(result_file, split_ids,
+                               f"split {split!r} of {os.path.join(base_dir, 'pid_splits.json')}")
 
     results: dict[str, list] = {"correct": [], "incorrect": []}
     sqa_results: dict = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}
-    for prob_id in splits[split]:
+    for prob_id in split_ids:
         prob = problems[prob_id]
-        pred = predictions.get(prob_id, {"text": "FAILED", "prompt": "Unknown"})
-        pred_text = pred["text"]
-        answer = parse_answer_letter(pred_text, options)
+        pred = predictions[prob_id]
+        answer = parse_answer_letter(pred.text, options)
         pred_idx = get_pred_idx(answer, prob["choices"], options)
         analysis = {
             "question_id": prob_id,
             "parsed_ans": answer,
             "ground_truth": options[prob["answer"]],
-            "question": pred["prompt"],
-            "pred": pred_text,
-            "is_multimodal": "<image>" in pred["prompt"],
+            "question": pred.prompt,
+            "pred": pred.text,
+            "is_multimodal": "<image>" in pred.prompt,
         }
         sqa_results["results"][prob_id] = pred_idx
-        sqa_results["outputs"][prob_id] = pred_text
+        sqa_results["outputs"][prob_id] = pred.text
         results["correct" if pred_idx == prob["answer"] else "incorrect"].append(analysis)
 
-    absent = [pid for pid in splits[split] if pid not in predictions]
-    if absent:
-        print(f"Missing predictions: {len(absent)} problems of split {split!r} have no answer in {result_file} "
-              f"(counted as wrong), e.g. {absent[0]!r}", file=sys.stderr)
     correct = len(results["correct"])
     total = correct + len(results["incorrect"])
     mm_correct = sum(1 for x in results["correct"] if x["is_multimodal"])
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args(argv)
     try:
         results, sqa_results = evaluate(args.base_dir, args.result_file, args.split, args.options)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path, data in ((args.output_file, results), (args.output_result, sqa_results)):

@@ -6,7 +6,9 @@
 
 Each answer is matched to its annotation by ``(question_id, question)``: LLaVA's TextVQA question file uses the
 image id as ``question_id``, and the question is read back from the answer's ``prompt`` (its first line, before the
-"Reference OCR token: ..." line). Prints the file's name, then ``Samples: N`` and ``Accuracy: xx.xx%``.
+"Reference OCR token: ..." line). Answers may come in any order; each annotation must be answered once (a repeated,
+extra or missing pair, a ``text`` that is not a string, a missing ``prompt`` and an empty file are errors naming the
+file, line and id). Prints the file's name, then ``Samples: N`` and ``Accuracy: xx.xx%``.
 ``--result-dir`` scores every ``.jsonl`` file in a folder.
 """
 
@@ -18,7 +20,8 @@ import re
 import sys
 from collections.abc import Sequence
 
-from llava.eval._io import read_json, read_jsonl
+from llava.eval._answers import match_answers, read_answers
+from llava.eval._io import read_json
 from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
 
 _OCR_PREFIX_PROMPT = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
@@ -57,20 +60,39 @@ def prompt_processor(prompt: str) -> str:
     return question.lower()
 
 
+def _describe(key: tuple) -> str:
+    return f"question_id {key[0]!r} with question {key[1]!r}"
+
+
+def read_annotations(annotation_file: str) -> list[tuple[tuple, dict]]:
+    """``((image_id, lower-cased question), annotation)`` for each entry of TextVQA's ``{"data": [...]}``."""
+    data = read_json(annotation_file)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{annotation_file}: expected TextVQA's {{'data': [...]}} layout")
+    entries = []
+    for i, a in enumerate(data["data"]):
+        missing = [f for f in ("image_id", "question", "answers") if not isinstance(a, dict) or f not in a]
+        if missing:
+            raise ValueError(f"{annotation_file}: data[{i}] has no {missing[0]!r}")
+        if not isinstance(a["question"], str) or not isinstance(a["image_id"], (str, int)):
+            raise ValueError(f"{annotation_file}: data[{i}]: expected a string question and image_id")
+        entries.append(((a["image_id"], a["question"].lower()), a))
+    return entries
+
+
 def eval_single(annotation_file: str, result_file: str) -> float:
-    """Print and return the accuracy (in %) of one answers file."""
+    """Print and return the accuracy (in %) of one answers file.
+
+    Each answer is matched to its annotation by ``(question_id, question from its prompt)``, in any order; every
+    annotation must be answered once (a repeated, extra or missing pair is an error naming the file, line and id).
+    """
     experiment_name = os.path.splitext(os.path.basename(result_file))[0]
     print(experiment_name)
-    data = read_json(annotation_file)
-    if not isinstance(data, dict) or "data" not in data:
-        raise ValueError(f"{annotation_file}: expected TextVQA's {{'data': [...]}} layout")
-    annotations = {(a["image_id"], a["question"].lower()): a for a in data["data"]}
-    pred_list = []
-    for result in read_jsonl(result_file, ("question_id", "prompt", "text"), what="result file"):
-        key = (result["question_id"], prompt_processor(result["prompt"]))
-        if key not in annotations:
-            raise ValueError(f"{result_file}: no annotation for question_id {key[0]!r} with question {key[1]!r}")
-        pred_list.append({"pred_answer": result["text"], "gt_answers": annotations[key]["answers"]})
+    entries = read_annotations(annotation_file)
+    annotations = dict(entries)  # as upstream: an (image, question) pair listed twice is scored on its last entry
+    answers = read_answers(result_file, key=lambda a: (a.question_id, prompt_processor(a.prompt)))
+    match_answers(answers, [k for k, _ in entries], result_file, annotation_file, describe=_describe)
+    pred_list = [{"pred_answer": a.text, "gt_answers": annotations[a.key]["answers"]} for a in answers]
     accuracy = 100.0 * TextVQAAccuracyEvaluator().eval_pred_list(pred_list)
     print("Samples: {}\nAccuracy: {:.2f}%\n".format(len(pred_list), accuracy))
     return accuracy
@@ -90,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"Skipping {result_file}")
                     continue
                 eval_single(args.annotation_file, os.path.join(args.result_dir, result_file))
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -52,8 +52,8 @@ def test_pope_metrics_by_hand(tmp_path, capsys):
     (ann / "README.txt").write_text("not an annotation file")
     questions = _jsonl(tmp_path / "q.jsonl", [{"question_id": 10 + i, "category": "random"} for i in range(5)]
                        + [{"question_id": 99, "category": "popular"}])
-    results = _jsonl(tmp_path / "a.jsonl", [{"question_id": 99, "text": "Yes"}]
-                     + [{"question_id": 10 + i, "text": t} for i, t in enumerate(texts)])
+    results = _jsonl(tmp_path / "a.jsonl", [{"question_id": 99, "prompt": "q", "text": "Yes"}]
+                     + [{"question_id": 10 + i, "prompt": "q", "text": t} for i, t in enumerate(texts)])
     assert eval_pope.main(["--annotation-dir", str(ann), "--question-file", str(questions),
                            "--result-file", str(results)]) == 0
     out = capsys.readouterr().out
@@ -73,10 +73,12 @@ def test_pope_count_mismatch_is_an_error(tmp_path, capsys):
     ann = tmp_path / "coco"
     _jsonl(ann / "coco_pope_random.json", [{"label": "yes"}, {"label": "no"}])
     questions = _jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "category": "random"}])
-    results = _jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "text": "yes"}])
+    results = _jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "prompt": "q", "text": "yes"}])
     assert eval_pope.main(["--annotation-dir", str(ann), "--question-file", str(questions),
                            "--result-file", str(results)]) == 2
-    assert "2 labels but 1 answers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ann / 'coco_pope_random.json'}: 2 labels but {questions} has 1 questions of "
+                          "category 'random'")
 
 
 # --- ScienceQA ----------------------------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ def test_science_qa_score_by_hand(tmp_path, capsys):
         {"question_id": "2", "prompt": "<image>\nq", "text": "A. x"},                # "A. ": correct, image
         {"question_id": "3", "prompt": "q", "text": "The answer is C."},            # pattern: correct
         {"question_id": "4", "prompt": "<image>\nq", "text": "C"},                   # C is not a choice: wrong, image
-        # "5" has no answer: FAILED, wrong
+        {"question_id": "5", "prompt": "q", "text": "I am not sure."},             # no letter: FAILED, wrong
     ])
     out = tmp_path / "out"
     argv = ["--base-dir", str(tmp_path), "--result-file", str(results), "--output-file", str(out / "o.json"),
@@ -107,7 +109,7 @@ def test_science_qa_score_by_hand(tmp_path, capsys):
     captured = capsys.readouterr()
     # 3 of 5 correct; image answers: 1, 2 correct, 4 wrong -> 2 of 3
     assert captured.out.strip() == "Total: 5, Correct: 3, Accuracy: 60.00%, IMG-Accuracy: 66.67%"
-    assert "Missing predictions: 1" in captured.err
+    assert captured.err == ""
     result = json.loads((out / "r.json").read_text())
     assert (result["acc"], result["correct"], result["count"]) == (60.0, 3, 5)
     assert result["results"] == {"1": 1, "2": 0, "3": 2, "4": -1, "5": -1}
