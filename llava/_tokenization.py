@@ -282,7 +282,7 @@ def _declared_tokenizer_class(name_or_path: str, **kwargs: Any) -> str | None:
 
 
 def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, model_max_length: int | None = None,
-                   padding_side: str | None = None) -> Any:
+                   padding_side: str | None = None, **hub_kwargs: Any) -> Any:
     """The checkpoint's tokenizer, as a ``LlamaTokenizer`` when its ``tokenizer_config.json`` says so.
 
     ``AutoTokenizer`` on a folder whose ``config.json`` says ``model_type: "llava"`` (every released LLaVA-1.5 and
@@ -293,12 +293,12 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, model_max
     """
     import transformers
 
-    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir, **hub_kwargs}  # revision, local_files_only, token
     if padding_side is not None:
         kwargs["padding_side"] = padding_side
     if model_max_length is not None:
         kwargs["model_max_length"] = model_max_length
-    declared = _declared_tokenizer_class(name_or_path, cache_dir=cache_dir)
+    declared = _declared_tokenizer_class(name_or_path, cache_dir=cache_dir, **hub_kwargs)
     if declared in _LLAMA_TOKENIZER_CLASSES:
         return transformers.LlamaTokenizer.from_pretrained(name_or_path, **kwargs)
     return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)

@@ -45,6 +45,9 @@ from .token_reduction import resolve_token_reduction
 
 logger = logging.getLogger(__name__)
 
+#: from_pretrained arguments that also say where the tokenizer comes from
+HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "subfolder")
+
 #: config.json model_type -> (config class, model class). Released LLaVA-1.5 checkpoints say "llava".
 LLAVA_MODEL_TYPES = {
     "llava": (LlavaConfig, LlavaLlamaForCausalLM),
@@ -219,7 +222,9 @@ def load_pretrained_model(
         **kwargs: ``multimodal`` (force the LLaVA path), ``attn_implementation``, ``torch_dtype``,
             ``customized_config`` (a config object to use, or a folder / config .json path),
             ``overwrite_config`` (dict of config updates), ``use_flash_attention_2`` (as ``use_flash_attn``),
-            ``token_reduction`` / ``token_budget`` (override the checkpoint's visual-token reduction).
+            ``token_reduction`` / ``token_budget`` (override the checkpoint's visual-token reduction); any other
+            keyword (``cache_dir``, ``revision``, ``local_files_only``, ...) goes to ``from_pretrained`` as upstream
+            passes it (the hub ones to the tokenizer too); ``trust_remote_code=True`` is refused.
     Returns:
         ``(tokenizer, model, image_processor, context_len)``; ``image_processor`` is None for a plain LM.
     """
@@ -231,9 +236,12 @@ def load_pretrained_model(
     token_budget = kwargs.pop("token_budget", None)
     plan = plan_device(device, device_map, kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None))
     attn = choose_attn_implementation(use_flash_attn, kwargs.pop("attn_implementation", None), plan.device)
-    if kwargs:
-        logger.warning("load_pretrained_model: ignoring unknown arguments %s", sorted(kwargs))
-    model_kwargs = _model_kwargs(plan, attn, load_8bit, load_4bit)
+    if kwargs.get("trust_remote_code"):
+        raise ValueError("load_pretrained_model: trust_remote_code=True is refused (no remote code runs here); "
+                         "LLaVA's model classes are part of this package")
+    kwargs.pop("trust_remote_code", None)
+    model_kwargs = {**_model_kwargs(plan, attn, load_8bit, load_4bit), **kwargs}  # the rest go to from_pretrained
+    hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     _check_local_path(model_path, "model_path")
     if model_base is not None:
         _check_local_path(model_base, "model_base")
@@ -247,9 +255,9 @@ def load_pretrained_model(
     tower_weights = None
     if is_llava:
         tokenizer, model, tower_weights = _load_llava(model_path, model_base, is_lora, customized_config,
-                                                      overwrite_config, model_kwargs)
+                                                      overwrite_config, model_kwargs, hub_kwargs)
     else:
-        tokenizer, model = _load_language_model(model_path, model_base, model_kwargs)
+        tokenizer, model = _load_language_model(model_path, model_base, model_kwargs, hub_kwargs)
 
     image_processor = None
     if is_llava:
@@ -289,7 +297,7 @@ class _TowerWeights:
     source: str
 
 
-def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config, model_kwargs):
+def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_config, model_kwargs, hub_kwargs):
     """Build the LLaVA model from its files; return ``(tokenizer, model, tower weights or None)``.
 
     The vision tower itself is loaded afterwards (``_prepare_vision``); its finetuned weights are read here,
@@ -315,7 +323,7 @@ def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_co
     model_class = LLAVA_MODEL_TYPES[config.model_type][1]
 
     weights_folder = model_path if model_base is None else model_base
-    tokenizer = load_tokenizer(weights_folder)
+    tokenizer = load_tokenizer(weights_folder, **hub_kwargs)
     if model_base is not None:
         logger.info("loading the base LM from %s", model_base)
     model, info = _from_pretrained(model_class, weights_folder, config=config, output_loading_info=True,
@@ -397,12 +405,12 @@ def _merge_lora(model, model_path: str):
     return model.merge_and_unload()
 
 
-def _load_language_model(model_path, model_base, model_kwargs):
+def _load_language_model(model_path, model_base, model_kwargs, hub_kwargs):
     """A plain causal LM (no vision), optionally a LoRA on ``model_base``."""
     if model_base is None:
-        return load_tokenizer(model_path), _from_pretrained(AutoModelForCausalLM, model_path,
+        return load_tokenizer(model_path, **hub_kwargs), _from_pretrained(AutoModelForCausalLM, model_path,
                                                                            **model_kwargs)
-    tokenizer = load_tokenizer(model_base)
+    tokenizer = load_tokenizer(model_base, **hub_kwargs)
     model = _from_pretrained(AutoModelForCausalLM, model_base, **model_kwargs)
     return tokenizer, _merge_lora(model, model_path)
 

@@ -310,3 +310,18 @@ def test_loader_tokenizes_like_the_sentencepiece_model(tiny_checkpoint):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoint / "tokenizer.model"))
     for text in ("The cat", "USER: What is the color of the dog? ASSISTANT:", "A chat between a curious user"):
         assert tokenizer(text).input_ids == [sp.bos_id(), *sp.encode(text)]
+
+
+# ---------------------------------------------------------------- (h) other from_pretrained arguments
+
+
+def test_unknown_kwargs_go_to_from_pretrained_as_upstream(tiny_checkpoint, tmp_path):
+    """cache_dir / revision / local_files_only reach from_pretrained (and the tokenizer); a misspelt argument
+    reaches it too and fails there, as upstream, instead of being dropped with a warning."""
+    tokenizer, model, _, _ = load(tiny_checkpoint, cache_dir=str(tmp_path / "cache"), revision="main",
+                                  local_files_only=True)
+    assert model.config.mm_vision_tower and len(tokenizer) == model.config.vocab_size
+    with pytest.raises(TypeError, match="unexpected keyword argument 'load_in_8bitt'"):
+        load(tiny_checkpoint, load_in_8bitt=True)
+    with pytest.raises(ValueError, match="trust_remote_code=True is refused"):
+        load(tiny_checkpoint, trust_remote_code=True)
