@@ -65,9 +65,12 @@ def test_rerun_keeps_the_other_devices_block(bench, tmp_path):
     doc = tmp_path / "benchmarks.md"
     gpu_block = "<!-- bench:gpu:begin -->\n## GPU figures\n\nfigures from a GPU run\n<!-- bench:gpu:end -->\n"
     bench.write_doc(doc, "gpu", gpu_block)
+    with doc.open("a") as fh:  # a section another script (bench_anyres.py) owns
+        fh.write("\n<!-- bench:anyres:begin -->\n## LLaVA-1.6\n\nanyres figures\n<!-- bench:anyres:end -->\n")
     bench.write_doc(doc, "cpu", "<!-- bench:cpu:begin -->\n## CPU figures\n\nnew\n<!-- bench:cpu:end -->\n")
     text = doc.read_text()
     assert "figures from a GPU run" in text and "new" in text
+    assert text.count("anyres figures") == 1
     assert text.startswith("# Benchmarks")
     assert text.index("## CPU figures") < text.index("## GPU figures")
 

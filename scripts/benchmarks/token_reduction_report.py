@@ -401,6 +401,10 @@ def write_doc(path: Path, kind: str, block: str) -> None:
         blocks[k] = found.group(0) + "\n" if found else placeholder_block(k)
     blocks[kind] = block
     text = INTRO + "\n" + blocks["cpu"] + "\n" + blocks["gpu"]
+    # sections other scripts own (e.g. bench_anyres.py's <!-- bench:anyres:... -->) are kept, after these two
+    for other in re.finditer(r"<!-- bench:(\w+):begin -->\n.*?<!-- bench:\1:end -->", old, flags=re.S):
+        if other.group(1) not in ("cpu", "gpu"):
+            text += "\n" + other.group(0) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:

@@ -6,6 +6,9 @@
 #   bash scripts/v1_5/finetune_task_lora.sh                    # PruMerge  -> ./checkpoints/llava-v1.5-7b-prumerge-lora
 #   PRUMERGE_PLUS=1 bash scripts/v1_5/finetune_task_lora.sh    # PruMerge+ -> ./checkpoints/llava-v1.5-7b-prumerge-plus-lora
 #
+# PruMerge+ trains with the published fixed-count rule (--token-budget 144: 72 top + 72 raster centres), the
+# PruMerge repository's training branch; TOKEN_BUDGET= (empty) trains adaptive PruMerge+ instead.
+#
 # The run's config.json records mm_token_reduction, so evaluation picks the same mode. Evaluate with
 # --model-path <output> --model-base liuhaotian/llava-v1.5-7b, or merge: scripts/merge_lora_weights.py.
 # DATA_PATH / IMAGE_FOLDER / OUTPUT_DIR override the defaults.
@@ -13,10 +16,16 @@ set -euo pipefail
 
 if [[ "${PRUMERGE_PLUS:-0}" == "1" ]]; then
     REDUCTION="prumerge+"
+    BUDGET="${TOKEN_BUDGET-144}"
     RUN_NAME="llava-v1.5-7b-prumerge-plus-lora"
 else
     REDUCTION="prumerge"
+    BUDGET="${TOKEN_BUDGET-}"
     RUN_NAME="llava-v1.5-7b-prumerge-lora"
+fi
+BUDGET_ARGS=()
+if [[ -n "${BUDGET}" ]]; then
+    BUDGET_ARGS=(--token-budget "${BUDGET}")
 fi
 
 deepspeed llava/train/train_mem.py \
@@ -33,7 +42,7 @@ deepspeed llava/train/train_mem.py \
     --mm_use_im_patch_token False \
     --image_aspect_ratio pad \
     --group_by_modality_length True \
-    --token-reduction "${REDUCTION}" \
+    --token-reduction "${REDUCTION}" "${BUDGET_ARGS[@]}" \
     --bf16 True \
     --output_dir "${OUTPUT_DIR:-./checkpoints/${RUN_NAME}}" \
     --num_train_epochs 1 \

@@ -107,6 +107,10 @@ def test_prumerge_plus_variant(tmp_path):
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     namespace, _ = parser.parse_known_args(argv[1:])
     assert namespace.token_reduction == "prumerge+"
+    assert namespace.token_budget == 144  # the published fixed-count training rule (docs/PruMerge.md)
+    adaptive = recipe_argv(REPO / "scripts" / "v1_5" / "finetune_task_lora.sh", tmp_path,
+                           {"PRUMERGE_PLUS": "1", "TOKEN_BUDGET": ""})
+    assert "--token-budget" not in adaptive
     assert namespace.model_name_or_path == "liuhaotian/llava-v1.5-7b"
     lora = (namespace.lora_enable, namespace.lora_r, namespace.lora_alpha, namespace.mm_projector_lr)
     assert lora == (True, 128, 256, 2e-5)
