@@ -304,7 +304,7 @@ def bench_tower(args, device, dtype) -> dict:
                 return tower.reduce(hidden)
 
             for mode in MODES:
-                counts[mode] = [t.shape[0] for t in reduce_with(mode)]
+                counts[mode] = [t.shape[0] for t in reduce_with(mode).tokens]
                 time_calls(lambda: reduce_with(mode), device, 0, warmup=3, warmup_s=0.3)
             # full forwards, interleaved, the order rotated every round so no variant is always first
             times = {name: [] for name in names}
