@@ -25,6 +25,7 @@ import torch
 
 from llava.mm_utils import get_model_name_from_path, save_tokenizer
 from llava.model.builder import load_pretrained_model
+from llava.train.saving import release_tower_keys
 
 logger = logging.getLogger("merge_lora_weights")
 
@@ -41,7 +42,11 @@ def merge_lora(model_path: str, model_base: str, save_model_path: str, save_dtyp
     # is saved with its tokenizer.model, so the merged checkpoint tokenizes as the run did.
     tokenizer, model, _, _ = load_pretrained_model(model_path, model_base, model_name, device_map="cpu", device="cpu")
     model.to(SAVE_DTYPES[save_dtype])
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(VISION_TOWER_PREFIX)}
+    state = model.state_dict()
+    if model.config.unfreeze_mm_vision_tower:  # LLaVA-1.6: the finetuned CLIP is part of the checkpoint
+        state = release_tower_keys({k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")})
+    else:  # the CLIP weights come from mm_vision_tower
+        state = {k: v for k, v in state.items() if not k.startswith(VISION_TOWER_PREFIX)}
 
     target = Path(save_model_path).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,8 @@ def layout_anyres_image(
         rows, cols = flat // width, flat % width
     grid_seq = _raster_with_newlines(centres, rows, cols, bounds, width, newline if unpad else None)
     parts = [base_seq, grid_seq]
+    if unpad:  # keeps image_newline in the graph even when no row kept a token: every rank's backward reaches it
+        parts.append(newline[:0])
     if reduced:
         r0, r1, c0, c1 = bounds
         for g, (t, k) in enumerate(zip(grid, tile_kept[1:])):

@@ -75,11 +75,12 @@ class LlavaMetaModel:
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(config)
-            if "unpad" in config.mm_patch_merge_type:
-                scale = config.hidden_size**-0.5
-                self.image_newline = nn.Parameter(torch.randn(config.hidden_size, dtype=self.dtype) * scale)
         else:
             self.mm_projector.requires_grad_(True)
+        if "unpad" in config.mm_patch_merge_type and getattr(self, "image_newline", None) is None:
+            # a model that had no newline yet (e.g. LLaVA-1.5 trained on with spatial_unpad): upstream's init
+            scale = config.hidden_size**-0.5
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size, dtype=self.dtype) * scale)
 
         if model_args.pretrain_mm_mlp_adapter is not None:
             weights = torch.load(model_args.pretrain_mm_mlp_adapter, map_location="cpu", weights_only=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import transformers
 
+from ..model.anyres_layout import validate_merge_type
 from ..model.token_reduction import TOKEN_REDUCTION_MODES, validate_budget, validate_mode
 
 LORA_BIAS_CHOICES = ("none", "all", "lora_only")
@@ -58,7 +59,18 @@ class ModelArguments:
     mm_use_im_patch_token: bool = _arg(
         True, "Add the <im_patch> token to the tokenizer (LLaVA-1.5 scripts pass False)."
     )
-    mm_patch_merge_type: str | None = _arg("flat", "How anyres tiles are merged; only 'flat' is supported.")
+    mm_patch_merge_type: str | None = _arg(
+        "flat",
+        "How an anyres image's tiles are laid out for the LM: 'flat' (tiles concatenated), 'spatial' (the tile grid "
+        "stitched) or 'spatial_unpad' (LLaVA-1.6: stitched, letterbox padding cut off, image_newline ending each "
+        "row).",
+    )
+    unfreeze_mm_vision_tower: bool = _arg(
+        False,
+        "Train the CLIP tower too (LLaVA-1.6), at --mm_vision_tower_lr; its weights are then saved with the run. "
+        "A starting checkpoint whose config says unfreeze_mm_vision_tower: true carries a finetuned tower, which "
+        "is loaded (over mm_vision_tower's weights) with or without this flag.",
+    )
     mm_vision_select_feature: str | None = _arg("patch", "'patch' drops CLIP's CLS token, 'cls_patch' keeps it.")
     token_reduction: str | None = _arg(
         None,
@@ -74,6 +86,7 @@ class ModelArguments:
         if self.token_reduction is not None:
             self.token_reduction = validate_mode(self.token_reduction, "--token-reduction")
         self.token_budget = validate_budget(self.token_budget, "--token-budget")
+        self.mm_patch_merge_type = validate_merge_type(self.mm_patch_merge_type, "--mm_patch_merge_type")
 
     # ``LlavaMetaModel.initialize_vision_modules`` reads the config-key spelling of the two reduction settings.
     @property
@@ -96,7 +109,11 @@ class DataArguments:
     image_aspect_ratio: str = _arg(
         "square", "'pad' (LLaVA-1.5: pad to a square with the CLIP mean colour), 'anyres' (tiles) or 'square'."
     )
-    image_grid_pinpoints: str | None = _arg(None, "Resolutions for 'anyres', e.g. '[(672, 672), (336, 1008)]'.")
+    image_grid_pinpoints: str | None = _arg(
+        None,
+        "Canvas sizes (width, height) for 'anyres', e.g. '[(336, 672), (672, 336), (672, 672), (1008, 336), "
+        "(336, 1008)]' (LLaVA-1.6's); default: the starting checkpoint's image_grid_pinpoints.",
+    )
 
 
 @dataclass
@@ -120,7 +137,13 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_dropout: float = _arg(0.05, "Dropout on the LoRA input.")
     lora_weight_path: str = _arg("", "Accepted for upstream compatibility; unused (as upstream).")
     lora_bias: str = _arg("none", "Which biases train with LoRA: 'none', 'all' or 'lora_only'.")
-    mm_projector_lr: float | None = _arg(None, "Learning rate for the projector (None: --learning_rate).")
+    mm_projector_lr: float | None = _arg(
+        None, "Learning rate for the projector (and image_newline) (None: --learning_rate)."
+    )
+    mm_vision_tower_lr: float | None = _arg(
+        None, "Learning rate for the vision tower with --unfreeze_mm_vision_tower (LLaVA-1.6: 2e-6; None: "
+        "--learning_rate)."
+    )
     group_by_modality_length: bool = _arg(
         False, "Batch image and text-only samples separately, each grouped by length (LLaVA-1.5 finetuning)."
     )
@@ -147,6 +170,10 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"--lora_bias must be one of {LORA_BIAS_CHOICES}, got {self.lora_bias!r}")
         if self.quant_type not in QUANT_TYPES:
             raise ValueError(f"--quant_type must be one of {QUANT_TYPES}, got {self.quant_type!r}")
+        for flag in ("mm_projector_lr", "mm_vision_tower_lr"):
+            value = getattr(self, flag)
+            if value is not None and value < 0:
+                raise ValueError(f"--{flag} must not be negative, got {value}")
         if self.model_max_length < 1:
             raise ValueError(f"--model_max_length must be positive, got {self.model_max_length}")
         super().__post_init__()

@@ -10,7 +10,8 @@ Mistakes in the data are errors that name the data file, the sample index and it
 the structure of every sample is checked when the dataset is built (before any training step), images are
 opened when their sample is read.
 
-Shapes: T tokens, B samples, H = W = the image processor's crop size.
+Shapes: T tokens, B samples, H = W = the image processor's crop size, 1+t the views of an anyres image (the whole
+image resized, then its t tiles).
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def _crop_size(image_processor: Any) -> tuple[int, int]:
 
 
 class LazySupervisedDataset(Dataset):
-    """Samples tokenized on access: ``{"input_ids": [T], "labels": [T], "image"?: [3, H, W] or [1+tiles, 3, H, W]}``.
+    """Samples tokenized on access: ``{"input_ids": [T], "labels": [T], "image"?, "image_size"?}``.
+
+    ``image`` is ``[3, H, W]``, or ``[1+t, 3, H, W]`` with ``image_aspect_ratio`` "anyres"; ``image_size`` is the
+    original image's ``(width, height)`` (an anyres model lays out its tiles by it; the crop size for the zero image).
 
     Args:
         data_path: the JSON data file.
@@ -160,9 +164,9 @@ class LazySupervisedDataset(Dataset):
         sample = self.samples[index]
         where = describe_sample(self.data_path, index, sample)
         turns = sample["conversations"]
-        image = None
+        image = image_size = None
         if "image" in sample:
-            image = self._load_image(sample["image"], where)
+            image, image_size = self._load_image(sample["image"], where)
             turns = move_image_to_front(turns, mm_use_im_start_end=self.mm_use_im_start_end,
                                         mmtag="mmtag" in self.template.version)
         elif any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns):
@@ -173,13 +177,18 @@ class LazySupervisedDataset(Dataset):
             raise DataError(f"{where}: {err}") from None
         item = {"input_ids": tokens.input_ids, "labels": tokens.labels}
         if image is not None:
-            item["image"] = image
+            item["image"], item["image_size"] = image, image_size
         elif self.data_args.is_multimodal:
-            item["image"] = torch.zeros(3, *_crop_size(self.image_processor))
+            height, width = _crop_size(self.image_processor)
+            item["image"], item["image_size"] = torch.zeros(3, height, width), (width, height)
         return item
 
-    def _load_image(self, relative_path: str, where: str) -> torch.Tensor:
-        """Open ``image_folder/relative_path`` as RGB and preprocess it by ``image_aspect_ratio``."""
+    def _load_image(self, relative_path: str, where: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Open ``image_folder/relative_path`` as RGB and preprocess it by ``image_aspect_ratio``.
+
+        Returns:
+            the pixels (``[3, H, W]``, or ``[1+t, 3, H, W]`` for anyres) and the image's ``(width, height)``.
+        """
         path = os.path.join(self.data_args.image_folder, relative_path)
         try:
             with Image.open(path) as opened:
@@ -189,7 +198,7 @@ class LazySupervisedDataset(Dataset):
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise DataError(f"{where}: cannot read image {path}: {err}") from None
         pixels = process_images([image], self.image_processor, self.data_args)
-        return pixels[0]
+        return pixels[0], image.size
 
 
 @dataclass
@@ -197,8 +206,9 @@ class DataCollatorForSupervisedDataset:
     """Pad a list of samples into a batch.
 
     Returns ``input_ids [B, T]`` (padded with ``pad_token_id``), ``labels [B, T]`` (IGNORE_INDEX padding),
-    ``attention_mask [B, T]`` (True on real tokens), all cut to ``tokenizer.model_max_length``, and ``images``:
-    ``[B, 3, H, W]`` when every sample's image has the same shape, else a list (anyres tiles).
+    ``attention_mask [B, T]`` (True on real tokens), all cut to ``tokenizer.model_max_length``, ``images``:
+    ``[B, 3, H, W]`` when every sample has one ``[3, H, W]`` image, else a list of B tensors (anyres: ``[1+t_i, 3,
+    H, W]``, and ``[3, H, W]`` zero images for text-only samples), and ``image_sizes``: B ``(width, height)``.
     """
 
     tokenizer: Any
@@ -220,8 +230,10 @@ class DataCollatorForSupervisedDataset:
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         if "image" in instances[0]:
             images = [x["image"] for x in instances]
-            same = all(im.shape == images[0].shape for im in images)
-            batch["images"] = torch.stack(images) if same else images
+            single_views = all(im.dim() == 3 and im.shape == images[0].shape for im in images)
+            batch["images"] = torch.stack(images) if single_views else images
+            if all("image_size" in x for x in instances):
+                batch["image_sizes"] = [tuple(x["image_size"]) for x in instances]
         return batch
 
 

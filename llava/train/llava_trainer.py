@@ -1,10 +1,12 @@
 """``LLaVATrainer``: ``transformers.Trainer`` with LLaVA's sampler, projector learning rate and saving rules.
 
 * ``--group_by_modality_length``: batches of image samples and of text-only samples, each grouped by length.
-* ``--mm_projector_lr``: the projector gets its own learning rate (4 parameter groups: decay / no decay x
-  projector / rest).
+* ``--mm_projector_lr`` / ``--mm_vision_tower_lr``: the projector (with ``image_newline``) and the vision tower
+  (``--unfreeze_mm_vision_tower``) get their own learning rates (parameter groups: decay / no decay x rest /
+  projector / tower); the groups are logged at the start.
 * ``tune_mm_mlp_adapter=True`` (pretraining): checkpoints and the final save hold only ``mm_projector.bin``.
-* Full checkpoints leave out the frozen CLIP weights and save the tokenizer with its ``tokenizer.model``.
+* Full checkpoints leave out the CLIP weights of a frozen folder tower (a trained or finetuned one is saved under
+  the released names) and save the tokenizer with its ``tokenizer.model``.
 * LoRA ``checkpoint-N`` folders also get ``non_lora_trainables.bin`` and ``config.json``, so they load.
 
 The ZeRO-3 gathering helpers live in ``param_gather`` and are re-exported here under upstream's names.
@@ -32,7 +34,7 @@ from .sampler import (
     get_modality_length_grouped_indices,
     split_to_even_chunks,
 )
-from .saving import save_non_lora_trainables, save_projector, save_tokenizer_files, without_frozen_vision_tower
+from .saving import full_state_for_save, save_non_lora_trainables, save_projector, save_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +47,58 @@ __all__ = [
     "get_peft_state_maybe_zero_3",
     "get_peft_state_non_lora_maybe_zero_3",
     "maybe_zero_3",
+    "multimodal_param_groups",
+    "parameter_part",
     "projector_param_groups",
     "split_to_even_chunks",
 ]
+
+
+#: parts of the model that can get their own learning rate: (part, the TrainingArguments field holding it)
+LR_PARTS = (("mm_projector", "mm_projector_lr"), ("vision_tower", "mm_vision_tower_lr"))
+
+
+def parameter_part(name: str) -> str:
+    """Which learning-rate part a parameter belongs to: "vision_tower", "mm_projector" (the projector and
+    ``image_newline``, LLaVA-1.6's row-end token, which is initialised and trained with it) or "rest"."""
+    if "vision_tower" in name:
+        return "vision_tower"
+    if "mm_projector" in name or name.endswith("image_newline"):
+        return "mm_projector"
+    return "rest"
+
+
+def multimodal_param_groups(
+    named_params: list[tuple[str, torch.nn.Parameter]],
+    decay_names: set[str],
+    weight_decay: float,
+    part_lrs: dict[str, float],
+) -> list[dict[str, Any]]:
+    """Optimizer groups for the trainable parameters: (decay, no decay) for the rest, then for each part of
+    ``part_lrs`` ("mm_projector", "vision_tower", see ``parameter_part``) at its own ``lr``.
+
+    A part not in ``part_lrs`` stays with the rest (the run's learning rate). Empty groups are left out.
+    """
+    unknown = set(part_lrs) - {part for part, _ in LR_PARTS}
+    if unknown:
+        raise ValueError(f"unknown parameter parts {sorted(unknown)}; known: {[part for part, _ in LR_PARTS]}")
+
+    def group_of(name: str) -> str:
+        part = parameter_part(name)
+        return part if part in part_lrs else "rest"
+
+    groups = []
+    for part in ("rest", *part_lrs):
+        for decay in (True, False):
+            params = [p for n, p in named_params
+                      if p.requires_grad and group_of(n) == part and (n in decay_names) == decay]
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+            if part != "rest":
+                group["lr"] = part_lrs[part]
+            groups.append(group)
+    return groups
 
 
 def projector_param_groups(
@@ -56,22 +107,20 @@ def projector_param_groups(
     weight_decay: float,
     projector_lr: float,
 ) -> list[dict[str, Any]]:
-    """Optimizer groups for trainable parameters: (decay, no decay) x (rest, projector at ``projector_lr``).
+    """Optimizer groups for trainable parameters: (decay, no decay) x (rest, projector at ``projector_lr``)."""
+    return multimodal_param_groups(named_params, decay_names, weight_decay, {"mm_projector": projector_lr})
 
-    Empty groups are left out.
-    """
-    groups = []
-    for in_projector in (False, True):
-        for decay in (True, False):
-            params = [p for n, p in named_params
-                      if p.requires_grad and ("mm_projector" in n) == in_projector and (n in decay_names) == decay]
-            if not params:
-                continue
-            group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
-            if in_projector:
-                group["lr"] = projector_lr
-            groups.append(group)
-    return groups
+
+def describe_param_groups(named_params: list[tuple[str, torch.nn.Parameter]], groups: list[dict[str, Any]],
+                          default_lr: float) -> str:
+    """``"rest: 12 tensors, lr 0.0002, weight decay 0.0; vision_tower: 40 tensors, lr 1e-06, ..."``, for the log."""
+    names = {id(p): n for n, p in named_params}
+    parts = []
+    for group in groups:
+        kinds = sorted({parameter_part(names[id(p)]) for p in group["params"]})
+        parts.append(f"{'+'.join(kinds)}: {len(group['params'])} tensors, lr {group.get('lr', default_lr)}, "
+                     f"weight decay {group['weight_decay']}")
+    return "; ".join(parts)
 
 
 class LLaVATrainer(Trainer):
@@ -106,20 +155,23 @@ class LLaVATrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
-        projector_lr = getattr(self.args, "mm_projector_lr", None)
-        if self.optimizer is not None or projector_lr is None:
+        part_lrs = {part: getattr(self.args, flag) for part, flag in LR_PARTS
+                    if getattr(self.args, flag, None) is not None}
+        if self.optimizer is not None or not part_lrs:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        groups = projector_param_groups(list(opt_model.named_parameters()),
-                                        set(self.get_decay_parameter_names(opt_model)),
-                                        self.args.weight_decay, projector_lr)
+        named = list(opt_model.named_parameters())
+        groups = multimodal_param_groups(named, set(self.get_decay_parameter_names(opt_model)),
+                                         self.args.weight_decay, part_lrs)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         clashing = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if clashing:
-            raise ValueError(f"--mm_projector_lr cannot be combined with --optim {self.args.optim} "
+            flags = " / ".join(f"--{flag}" for part, flag in LR_PARTS if part in part_lrs)
+            raise ValueError(f"{flags} cannot be combined with --optim {self.args.optim} "
                              f"(it builds its own parameter groups: {sorted(clashing)})")
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        logger.info("optimizer groups: %s", [(len(g["params"]), g.get("lr", self.args.learning_rate)) for g in groups])
+        if self.args.should_log:
+            logger.info("optimizer parameter groups: %s", describe_param_groups(named, groups, self.args.learning_rate))
         return self.optimizer
 
     # ------------------------------------------------------------------ saving
@@ -142,7 +194,7 @@ class LLaVATrainer(Trainer):
         if state_dict is None and not _is_peft(self.model):
             state_dict = self.model.state_dict()
         if state_dict is not None and not _is_peft(self.model):
-            state_dict = without_frozen_vision_tower(self.model, state_dict)
+            state_dict = full_state_for_save(self.model, state_dict)
         super()._save(output_dir, state_dict=state_dict)
         tokenizer = self.processing_class
         if self.args.should_save and tokenizer is not None and hasattr(tokenizer, "save_pretrained"):

@@ -2,7 +2,8 @@
 
 Order matters and is upstream's: load the language model (quantised when ``--bits`` 4/8) -> freeze rules ->
 input-gradient hook for activation checkpointing -> LoRA on every language-model Linear -> tokenizer -> vision
-tower and projector (after LoRA, so LoRA never wraps CLIP or the projector) -> which parts train.
+tower and projector (after LoRA, so LoRA never wraps CLIP or the projector; a LLaVA-1.6 checkpoint's finetuned
+tower weights go over the ``mm_vision_tower`` folder's) -> which parts train.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from typing import Any
 import torch
 import transformers
 
+from .._image_processing import parse_grid_pinpoints
 from .._tokenization import load_tokenizer
 from ..model.builder import LLAVA_MODEL_TYPES, load_llava_config
+from ..model.checkpoint_io import (
+    VISION_TOWER_PREFIX,
+    checkpoint_weight_files,
+    load_vision_tower_weights,
+    read_prefixed_weights,
+    vision_tower_state,
+)
 from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
 from .args import DataArguments, ModelArguments, TrainingArguments
+from .param_gather import gathered_for_update, register_zero3_external_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -152,20 +162,93 @@ def configure_padding(tokenizer: Any, model: Any, version: str | None) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def resolve_image_settings(config: Any, model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Settle ``data_args.image_grid_pinpoints`` before the vision modules are built.
+
+    With ``image_aspect_ratio`` "anyres": ``--image_grid_pinpoints``, else the starting checkpoint's, parsed to a
+    list of ``[width, height]`` (as released configs hold it). A LLaVA starting checkpoint trained with another
+    ``image_aspect_ratio`` / ``mm_patch_merge_type`` than the run asks for is warned about (LLaVA-1.6's are
+    "anyres" / "spatial_unpad"; upstream's defaults are "square" / "flat").
+
+    Raises:
+        ValueError: "anyres" without pinpoints anywhere, or pinpoints that are not (width, height) pairs.
+    """
+    aspect = data_args.image_aspect_ratio or ""
+    pinpoints = data_args.image_grid_pinpoints
+    if aspect.startswith("anyres") and pinpoints is None:
+        pinpoints = getattr(config, "image_grid_pinpoints", None)
+        if pinpoints is None:
+            raise ValueError(f"--image_aspect_ratio {aspect} needs --image_grid_pinpoints (the starting checkpoint "
+                             f"{model_args.model_name_or_path} has none), e.g. LLaVA-1.6's "
+                             "'[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]'")
+    if pinpoints is not None:
+        try:
+            pinpoints = [list(pair) for pair in parse_grid_pinpoints(pinpoints)]
+        except ValueError as err:
+            raise ValueError(f"--image_grid_pinpoints: {err}") from None
+    data_args.image_grid_pinpoints = pinpoints
+
+    if not getattr(config, "mm_vision_tower", None):
+        return  # not a LLaVA checkpoint: nothing to compare with
+    for flag, key, value in (("--image_aspect_ratio", "image_aspect_ratio", data_args.image_aspect_ratio),
+                             ("--mm_patch_merge_type", "mm_patch_merge_type", model_args.mm_patch_merge_type)):
+        before = getattr(config, key, None)
+        if before is not None and before != value:
+            logger.warning("%s was trained with %s %r; this run uses %s %r", model_args.model_name_or_path, key,
+                           before, flag, value)
+
+
+def load_finetuned_tower(tower: Any, checkpoint: str, cache_dir: str | None = None) -> None:
+    """Overlay the finetuned CLIP weights a LLaVA-1.6 checkpoint carries (``model.vision_tower.vision_tower.*``)
+    on ``tower``, built from ``mm_vision_tower``. Under ZeRO-3 the tower is gathered for it (call on every rank).
+
+    Raises:
+        ValueError: the checkpoint has no tower weights, or they do not fit the tower (missing, extra, mis-shaped).
+    """
+    folder = config_folder(checkpoint, cache_dir)
+    files = checkpoint_weight_files(folder) if folder is not None else []
+    state = vision_tower_state(read_prefixed_weights(files, VISION_TOWER_PREFIX))
+    if not state:
+        raise ValueError(
+            f"{checkpoint}: config.json says unfreeze_mm_vision_tower: true (a finetuned vision tower), but its "
+            f"weight files ({', '.join(f.name for f in files) or 'none found'}) hold no {VISION_TOWER_PREFIX}* weights"
+        )
+    with gathered_for_update(list(tower.vision_tower.parameters())):
+        load_vision_tower_weights(tower.vision_tower, state, str(folder))
+
+
 def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_args: DataArguments,
                  training_args: TrainingArguments) -> Any:
     """Load the vision tower and projector, record the multimodal settings in the config, set what trains.
 
+    The tower is built from ``mm_vision_tower``; when the starting checkpoint's config says
+    ``unfreeze_mm_vision_tower: true`` (LLaVA-1.6), the checkpoint's finetuned tower weights go over it. With
+    ``--unfreeze_mm_vision_tower`` the tower trains (not LoRA-wrapped: all its weights), at ``--mm_vision_tower_lr``.
+    ``image_newline`` (the "unpad" layouts): see ``trains_image_newline``.
+
     Returns:
         the tower's image processor.
     """
+    config = model.config
+    finetuned_tower = bool(getattr(config, "unfreeze_mm_vision_tower", False))
+    train_tower = model_args.unfreeze_mm_vision_tower
+    if train_tower and model_args.tune_mm_mlp_adapter:
+        raise ValueError("--unfreeze_mm_vision_tower cannot be combined with --tune_mm_mlp_adapter (a projector-only "
+                         "run saves only mm_projector.bin)")
+    if training_args.mm_vision_tower_lr is not None and not train_tower:
+        logger.warning("--mm_vision_tower_lr has no effect without --unfreeze_mm_vision_tower True")
+    resolve_image_settings(config, model_args, data_args)
+
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp or None)
     tower = model.get_vision_tower()
+    if finetuned_tower:
+        load_finetuned_tower(tower, model_args.model_name_or_path, training_args.cache_dir)
     tower.to(dtype=compute_dtype(training_args), device=training_args.device)
     if training_args.should_log:
-        logger.info("vision tower %s: %s", tower.vision_tower_name, tower.token_reduction.describe())
+        logger.info("vision tower %s%s: %s", tower.vision_tower_name,
+                    " + the checkpoint's finetuned weights" if finetuned_tower else "",
+                    tower.token_reduction.describe())
 
-    config = model.config
     config.image_aspect_ratio = data_args.image_aspect_ratio
     config.image_grid_pinpoints = data_args.image_grid_pinpoints
     config.tokenizer_padding_side = tokenizer.padding_side
@@ -175,17 +258,46 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     config.mm_use_im_start_end = model_args.mm_use_im_start_end
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     config.mm_projector_lr = training_args.mm_projector_lr
+    # true when the saved weights carry a tower of their own: trained here, or finetuned before and kept
+    config.unfreeze_mm_vision_tower = finetuned_tower or train_tower
+    if train_tower:
+        config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
 
     projector = model.get_model().mm_projector
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
-        projector.requires_grad_(True)
-    if training_args.freeze_mm_mlp_adapter:
-        projector.requires_grad_(False)
+    projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    newline = getattr(model.get_model(), "image_newline", None)
+    if newline is not None:
+        # read in the LM's forward, outside the module that owns it: ZeRO-3 must gather it there
+        register_zero3_external_parameter(_unwrapped(model), newline)
+        newline.requires_grad_(trains_image_newline(model_args, training_args))
+        unpad = "unpad" in (config.mm_patch_merge_type or "")
+        if newline.requires_grad and unpad and training_args.deepspeed and tower.token_reduction.enabled:
+            logger.warning(
+                "image_newline trains in this DeepSpeed run with %s on: a step where PruMerge keeps no grid row of "
+                "any image on one rank leaves it without a gradient there, and ZeRO then waits for it (a hang); "
+                "--token-reduction none avoids it", tower.token_reduction.mode)
+    if train_tower:
+        tower.vision_tower.requires_grad_(True)
     if training_args.bits in (4, 8):
         projector.to(dtype=compute_dtype(training_args), device=training_args.device)
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
     return tower.image_processor
+
+
+def trains_image_newline(model_args: ModelArguments, training_args: TrainingArguments) -> bool:
+    """Whether LLaVA-1.6's ``image_newline`` trains: as upstream, in full finetuning (every weight) and in projector
+    pretraining (it is new, like the projector), not in LoRA runs (PEFT freezes it and upstream unfreezes only the
+    projector; ZeRO-3 LoRA runs with PruMerge need that too, see ``setup_vision``'s warning) nor with
+    ``--freeze_mm_mlp_adapter``."""
+    return not (training_args.lora_enable or training_args.freeze_mm_mlp_adapter)
+
+
+def _unwrapped(model: Any) -> Any:
+    """The LLaVA model inside a PEFT wrapper (or ``model`` itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
 
 
 def cast_for_kbit(model: Any, training_args: TrainingArguments) -> None:

@@ -7,8 +7,9 @@ result. Without ZeRO-3 they are plain ``detach().cpu().clone()`` copies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -83,3 +84,34 @@ def get_mm_adapter_state_maybe_zero_3(
     """Parameters whose name contains any of ``keys_to_match`` (``["mm_projector"]`` for mm_projector.bin)."""
     keys = list(keys_to_match)
     return _gather({k: t for k, t in named_params if any(key in k for key in keys)})
+
+
+def is_zero3_partitioned(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a DeepSpeed ZeRO-3 partitioned parameter (each rank holds a shard)."""
+    return hasattr(param, "ds_id")
+
+
+@contextlib.contextmanager
+def gathered_for_update(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Inside: ``params`` at full size, for reading and writing. Under ZeRO-3 they are gathered and rank 0's values
+    are partitioned back on exit (every rank must enter, with the same parameters); otherwise nothing happens."""
+    partitioned = [p for p in params if is_zero3_partitioned(p)]
+    if not partitioned:
+        yield
+        return
+    from deepspeed import zero
+
+    with zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
+
+
+def register_zero3_external_parameter(module: torch.nn.Module, param: torch.nn.Parameter) -> None:
+    """Tell ZeRO-3 that ``module``'s forward reads ``param``, which another module owns (gathered with ``module``'s
+    own parameters). Nothing happens without ZeRO-3 (a ``--deepspeed`` config of stage 3)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not (is_zero3_partitioned(param) or is_deepspeed_zero3_enabled()):
+        return
+    from deepspeed import zero
+
+    zero.register_external_parameter(module, param)

@@ -11,6 +11,10 @@ Run it the way upstream LLaVA's recipes do (``scripts/v1_5/*.sh``)::
 
     torchrun --nproc_per_node=2 llava/train/train.py --use_cpu True ...      # CPU, plain DDP (tests)
 
+LLaVA-1.6 checkpoints train as 1.6 was trained (``scripts/v1_6/finetune_task_lora.sh``): ``--image_aspect_ratio
+anyres --mm_patch_merge_type spatial_unpad --unfreeze_mm_vision_tower True --mm_vision_tower_lr 2e-6``; the
+checkpoint's finetuned CLIP weights are loaded over ``mm_vision_tower``'s (``model_setup.setup_vision``).
+
 What is written to ``--output_dir`` is described in ``llava/train/saving.py``.
 """
 

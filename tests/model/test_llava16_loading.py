@@ -230,3 +230,25 @@ def test_quantized_16_loading_runs_the_finetuned_tower(tiny16_checkpoint, tiny16
     pixels = process_images([wide_image], processor, model.config)
     new = model.generate(ids, images=pixels, image_sizes=[wide_image.size], max_new_tokens=3, do_sample=False)
     assert new.shape == (1, 3)
+
+
+@pytest.mark.filterwarnings(PEFT_RENAME_WARNING)
+def test_merge_lora_weights_keeps_the_finetuned_tower(tiny16_checkpoint, tmp_path, wide_image):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "merge_lora_weights", Path(__file__).resolve().parents[2] / "scripts" / "merge_lora_weights.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    _, source, _, _ = load(tiny16_checkpoint, token_reduction="none")
+    expected_tower = tower_state(source)
+    weights = load_file(tiny16_checkpoint / "model.safetensors")
+    write_lora_run(source, tmp_path / "llava-v1.6-vicuna-tiny-lora",
+                   {k: v for k, v in weights.items() if "mm_projector" in k})
+    merged = merge.merge_lora(str(tmp_path / "llava-v1.6-vicuna-tiny-lora"), str(tiny16_checkpoint),
+                              str(tmp_path / "llava-v1.6-vicuna-tiny-merged"), "float32")
+    saved = load_file(merged / "model.safetensors")
+    assert sum(k.startswith(TOWER) for k in saved) == len(expected_tower)
+    tokenizer, model, processor, _ = load(merged, token_reduction="none")
+    assert all(torch.equal(tower_state(model)[k], v) for k, v in expected_tower.items())
+    assert torch.isfinite(run(model, tokenizer, processor, wide_image)).all()

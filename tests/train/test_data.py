@@ -134,3 +134,31 @@ def test_modality_sampler_groups_and_is_deterministic():
     assert Counter(lengths[i] > 0 for i in megabatches[-2] + megabatches[-1]) == {True: 2, False: 3}
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+#: the released LLaVA-1.6 image_grid_pinpoints, (width, height)
+V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def test_anyres_samples_give_tiles_and_image_sizes(tiny_anyres_data, tokenizer, image_processor):
+    # Best pinpoint by hand (largest kept resolution, then least waste): 1200x300 -> 1008x336 (3x1 tiles),
+    # 200x600 -> 336x672 (1x2), 900x900 -> 672x672 (2x2); each stack is the whole image + its tiles.
+    sizes_and_views = [((1200, 300), 1 + 3), ((200, 600), 1 + 2), ((900, 900), 1 + 4)]
+    path = tiny_anyres_data / "anyres.json"
+    data_args = DataArguments(data_path=str(path), image_folder=str(tiny_anyres_data), image_aspect_ratio="anyres",
+                              image_grid_pinpoints=V16_PINPOINTS, is_multimodal=True)
+    dataset = LazySupervisedDataset(str(path), tokenizer, data_args, template=conversation_for_version("v1"),
+                                    image_processor=image_processor)
+    items = [dataset[i] for i in range(4)]
+    for item, (size, views) in zip(items, sizes_and_views):
+        assert item["image"].shape == (views, 3, 336, 336) and item["image_size"] == size
+    assert items[3]["image"].shape == (3, 336, 336) and items[3]["image_size"] == (336, 336)  # text-only: zeros
+    assert torch.count_nonzero(items[3]["image"]) == 0
+
+    batch = DataCollatorForSupervisedDataset(tokenizer)(items)
+    assert isinstance(batch["images"], list)
+    assert [tuple(im.shape) for im in batch["images"]] == [tuple(x["image"].shape) for x in items]
+    assert batch["image_sizes"] == [(1200, 300), (200, 600), (900, 900), (336, 336)]
+    # same-shaped stacks are still passed per image (the model lays out each image's tiles by its size)
+    batch = DataCollatorForSupervisedDataset(tokenizer)([items[1], items[1]])
+    assert isinstance(batch["images"], list) and len(batch["images"]) == 2

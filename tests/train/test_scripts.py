@@ -1,7 +1,9 @@
-"""Training arguments, and every shipped training recipe (scripts/v1_5/*.sh, scripts/zero*.json) parses."""
+"""Training arguments, and every shipped training recipe (scripts/v1_5/*.sh, scripts/v1_6/*.sh, scripts/zero*.json)
+parses."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -14,8 +16,14 @@ import transformers
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "scripts" / "v1_5").glob("*.sh"))
-RECIPE_NAMES = {"pretrain.sh", "finetune.sh", "finetune_lora.sh", "finetune_task.sh", "finetune_task_lora.sh"}
+RECIPES = sorted((REPO / "scripts" / "v1_5").glob("*.sh")) + sorted((REPO / "scripts" / "v1_6").glob("*.sh"))
+RECIPE_NAMES = {"v1_5/pretrain.sh", "v1_5/finetune.sh", "v1_5/finetune_lora.sh", "v1_5/finetune_task.sh",
+                "v1_5/finetune_task_lora.sh", "v1_6/finetune_task_lora.sh"}
+V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def recipe_id(script: Path) -> str:
+    return f"{script.parent.name}/{script.name}"
 
 
 def base_argv(tmp_path) -> list[str]:
@@ -86,10 +94,10 @@ def recipe_argv(script: Path, tmp_path: Path, env: dict[str, str] | None = None)
 
 
 def test_all_recipes_are_shipped():
-    assert {p.name for p in RECIPES} >= RECIPE_NAMES
+    assert {recipe_id(p) for p in RECIPES} >= RECIPE_NAMES
 
 
-@pytest.mark.parametrize("script", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("script", RECIPES, ids=[recipe_id(p) for p in RECIPES])
 def test_recipe_arguments_parse(script, tmp_path):
     argv = recipe_argv(script, tmp_path)
     assert argv[0] == "llava/train/train_mem.py"
@@ -115,6 +123,36 @@ def test_prumerge_plus_variant(tmp_path):
     lora = (namespace.lora_enable, namespace.lora_r, namespace.lora_alpha, namespace.mm_projector_lr)
     assert lora == (True, 128, 256, 2e-5)
     assert "prumerge-plus-lora" in namespace.output_dir  # the loader's name rule agrees with the config key
+
+
+def test_llava_16_recipe_trains_as_16_was_trained(tmp_path):
+    """scripts/v1_6/finetune_task_lora.sh: anyres tiles, spatial_unpad, the tower unfrozen at 2e-6."""
+    argv = recipe_argv(REPO / "scripts" / "v1_6" / "finetune_task_lora.sh", tmp_path)
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    namespace, _ = parser.parse_known_args(argv[1:])
+    assert namespace.model_name_or_path == "liuhaotian/llava-v1.6-vicuna-7b"
+    assert (namespace.image_aspect_ratio, namespace.mm_patch_merge_type) == ("anyres", "spatial_unpad")
+    assert namespace.unfreeze_mm_vision_tower is True and namespace.mm_vision_tower_lr == 2e-6
+    assert namespace.model_max_length == 4096 and namespace.output_dir.endswith("llava-v1.6-vicuna-7b-prumerge-lora")
+    assert [list(p) for p in ast.literal_eval(namespace.image_grid_pinpoints)] == V16_PINPOINTS
+    argv = recipe_argv(REPO / "scripts" / "v1_6" / "finetune_task_lora.sh", tmp_path, {"PRUMERGE_PLUS": "1"})
+    namespace, _ = parser.parse_known_args(argv[1:])
+    assert namespace.token_reduction == "prumerge+" and "prumerge-plus-lora" in namespace.output_dir
+
+
+def test_llava_16_training_flags(tmp_path):
+    model_args, _, training_args = parse_args(base_argv(tmp_path) + [
+        "--mm_patch_merge_type", "spatial_unpad", "--unfreeze_mm_vision_tower", "True",
+        "--mm_vision_tower_lr", "2e-6"])
+    assert model_args.mm_patch_merge_type == "spatial_unpad" and model_args.unfreeze_mm_vision_tower is True
+    assert training_args.mm_vision_tower_lr == 2e-6
+    model_args, _, training_args = parse_args(base_argv(tmp_path))  # upstream's defaults
+    assert (model_args.mm_patch_merge_type, model_args.unfreeze_mm_vision_tower) == ("flat", False)
+    assert training_args.mm_vision_tower_lr is None
+    with pytest.raises(ValueError, match="--mm_patch_merge_type: unknown mm_patch_merge_type 'unpad'"):
+        parse_args(base_argv(tmp_path) + ["--mm_patch_merge_type", "unpad"])
+    with pytest.raises(ValueError, match="--mm_vision_tower_lr must not be negative"):
+        parse_args(base_argv(tmp_path) + ["--mm_vision_tower_lr", "-1"])
 
 
 def test_zero_configs():

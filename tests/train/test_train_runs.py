@@ -3,6 +3,8 @@
 * LoRA finetune, PruMerge on: ``torchrun --nproc_per_node=2`` + DeepSpeed ZeRO-3 (``scripts/zero3.json``, the
   PruMerge recipe's config) on the CPU (``--use_cpu True``), 2 steps of 2 samples per rank.
 * LoRA finetune, PruMerge+: ``torchrun --nproc_per_node=2`` + plain DDP (``train.py``), a checkpoint per step.
+* LLaVA-1.6 task LoRA on the tiny 1.6 checkpoint: anyres data, ``spatial_unpad``, the vision tower trained at its
+  own learning rate (``--unfreeze_mm_vision_tower --mm_vision_tower_lr``), ``torchrun --nproc_per_node=2`` + ZeRO-3.
 * Projector pretraining (``--tune_mm_mlp_adapter``): one process + DeepSpeed ZeRO-2 (``scripts/zero2.json``),
   then stage 2 from its ``mm_projector.bin``: 4-bit QLoRA (bitsandbytes), one process.
 
@@ -16,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -136,6 +139,35 @@ def ddp_run(tiny_checkpoint, tiny_clip, tmp_path_factory) -> Path:
     ]
     wall = run_logged(cmd, run_env(threads=1), out.parent / "ddp_run.log")
     print(f"2-process DDP LoRA run: {wall:.1f} s")
+    return out
+
+
+#: LLaVA-1.6 run: the rates are far apart so that the tower's own group shows in how far its weights moved
+V16_LR, V16_PROJECTOR_LR, V16_TOWER_LR = 2e-4, 2e-5, 1e-3
+
+
+@pytest.fixture(scope="module")
+def v16_lora_run(tiny16_root, tiny16_checkpoint, tiny_anyres_data, tmp_path_factory) -> Path:
+    """Task LoRA of the tiny LLaVA-1.6 checkpoint as 1.6 was trained: the tower unfrozen at its own rate.
+    ``--image_grid_pinpoints`` is left out: the checkpoint's are used."""
+    out = tmp_path_factory.mktemp("runs") / "llava-v1.6-tiny-anyres-lora"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "llava/train/train_mem.py",
+        "--deepspeed", "scripts/zero3.json", "--use_cpu", "True",
+        "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16", "--mm_projector_lr", str(V16_PROJECTOR_LR),
+        "--model_name_or_path", str(tiny16_checkpoint), "--version", "v1",
+        "--data_path", str(tiny_anyres_data / "anyres.json"), "--image_folder", str(tiny_anyres_data),
+        "--vision_tower", str(tiny16_root / "clip-vit-tiny-patch14-336"), "--mm_projector_type", "mlp2x_gelu",
+        "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
+        "--image_aspect_ratio", "anyres", "--mm_patch_merge_type", "spatial_unpad",
+        "--unfreeze_mm_vision_tower", "True", "--mm_vision_tower_lr", str(V16_TOWER_LR),
+        "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--learning_rate", str(V16_LR), "--logging_steps", "1", "--model_max_length", "2048",
+        "--activation_checkpointing", "True", "--save_strategy", "no", "--report_to", "none", "--seed", "7",
+    ]
+    wall = run_logged(cmd, run_env(threads=1), out.parent / "v16_lora_run.log")
+    print(f"2-process ZeRO-3 LLaVA-1.6 LoRA run (tower unfrozen): {wall:.1f} s")
     return out
 
 
@@ -275,6 +307,74 @@ def test_ddp_run_records_prumerge_plus_and_writes_checkpoints(ddp_run, tiny_chec
     assert model.config.mm_token_reduction == "prumerge+"
     input_ids, pixels = image_inputs(load_tokenizer(str(tiny_checkpoint)), image_processor, model.config)
     assert model.generate(input_ids, images=pixels, do_sample=False, max_new_tokens=4).shape[1] >= 1
+
+
+# ---------------------------------------------------------------------------------------------- LLaVA-1.6 LoRA run
+def tower_weights(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``{CLIP parameter name: fp32 tensor}`` of the tower weights under ``prefix`` (+ ``vision_model.``)."""
+    return {k[len(prefix):].removeprefix("vision_model."): v.float() for k, v in state.items() if k.startswith(prefix)}
+
+
+def max_change(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> float:
+    return max((after[k] - before[k].float()).abs().max().item() for k in after)
+
+
+def test_v16_lora_run_trains_the_tower_at_its_own_rate_and_saves_it(v16_lora_run, tiny16_root, tiny16_checkpoint):
+    config = json.loads((v16_lora_run / "config.json").read_text())
+    start_config = json.loads((tiny16_checkpoint / "config.json").read_text())
+    assert config["unfreeze_mm_vision_tower"] is True and config["mm_vision_tower_lr"] == V16_TOWER_LR
+    assert config["mm_patch_merge_type"] == "spatial_unpad" and config["image_aspect_ratio"] == "anyres"
+    assert config["image_grid_pinpoints"] == start_config["image_grid_pinpoints"]
+    losses = logged_losses(v16_lora_run)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+    non_lora = torch.load(v16_lora_run / "non_lora_trainables.bin", weights_only=True)
+    prefix = "base_model.model.model.vision_tower.vision_tower."
+    start_state = load_file(tiny16_checkpoint / "model.safetensors")
+    start = tower_weights(start_state, "model.vision_tower.vision_tower.")
+    trained = tower_weights(non_lora, prefix)
+    tower_keys = {k for k in non_lora if k.startswith(prefix)}
+    assert tower_keys and all(k.startswith(prefix + "vision_model.") for k in tower_keys)  # the released names
+    assert set(trained) == set(start)  # every tower weight, gathered from the ZeRO-3 shards at full size
+    assert all(trained[k].shape == start[k].shape for k in start)
+    assert set(non_lora) - tower_keys == {f"base_model.model.model.{k}" for k in PROJECTOR_KEYS} | {
+        "base_model.model.model.image_newline"}
+    folder = tower_weights(load_file(tiny16_root / "clip-vit-tiny-patch14-336" / "model.safetensors"), "vision_model.")
+    key = "encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained[key], start[key]) and not torch.equal(trained[key], folder[key])
+
+    # Adam moves a weight by about lr per step (linear decay: lr, then lr/2), so the largest change tells the rate
+    # each part trained at: the tower's 1e-3, not the projector's 2e-5 or the run's 2e-4.
+    tower_change = max_change(trained, start)
+    assert V16_TOWER_LR * 0.5 < tower_change < V16_TOWER_LR * 1.6
+    projector = {k: non_lora[f"base_model.model.model.{k}"] for k in PROJECTOR_KEYS}
+    projector_change = max_change(projector, {k: start_state[f"model.{k}"] for k in projector})
+    assert 0 < projector_change < V16_PROJECTOR_LR * 1.6
+    log = (v16_lora_run.parent / "v16_lora_run.log").read_text()
+    assert re.search(rf"optimizer parameter groups: .*vision_tower: \d+ tensors, lr {V16_TOWER_LR}", log)  # as logged
+    # saved although LoRA runs keep it frozen (as upstream): the folder holds every weight of its layout
+    assert torch.equal(non_lora["base_model.model.model.image_newline"], start_state["model.image_newline"].float())
+
+
+def test_v16_lora_run_loads_with_the_trained_tower_and_answers(v16_lora_run, tiny16_checkpoint, tiny_anyres_data):
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        str(v16_lora_run), str(tiny16_checkpoint), "llava-v1.6-tiny-anyres-lora", device="cpu"
+    )
+    non_lora = torch.load(v16_lora_run / "non_lora_trainables.bin", weights_only=True)
+    saved = tower_weights(non_lora, "base_model.model.model.vision_tower.vision_tower.")
+    loaded = model.get_vision_tower().vision_tower.state_dict()
+    for name, value in saved.items():
+        assert torch.equal(loaded[name], value.to(loaded[name].dtype)), name
+    newline = model.get_model().image_newline
+    assert torch.equal(newline, non_lora["base_model.model.model.image_newline"].to(newline.dtype))
+
+    image = Image.open(tiny_anyres_data / "images" / "0.png").convert("RGB")  # 1200x300: three grid tiles
+    pixels = process_images([image], image_processor, model.config)
+    assert pixels.shape == (1, 4, 3, 336, 336)
+    input_ids = tokenizer_image_token(PROMPT, tokenizer, return_tensors="pt")[None]
+    new_tokens = model.generate(input_ids, images=pixels, image_sizes=[image.size], do_sample=False,
+                                max_new_tokens=6)
+    assert new_tokens.shape[0] == 1 and 1 <= new_tokens.shape[1] <= 6
 
 
 # ---------------------------------------------------------------------------------------------- pretraining
