@@ -31,6 +31,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # runnable from a clean clone without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts" / "benchmarks"))  # bench_anyres's fit_image crops the same way
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,6 +41,7 @@ from llava.constants import IMAGE_TOKEN_INDEX  # noqa: E402
 from llava.mm_utils import get_anyres_image_grid_shape, process_images, resize_and_pad_image  # noqa: E402
 from llava.model.anyres_layout import unpad_bounds  # noqa: E402
 from llava.model.token_reduction import TokenReduction, split_budget  # noqa: E402
+from bench_anyres import fit_image  # noqa: E402
 
 DEFAULT_IMAGE = REPO_ROOT / "assets" / "demo.png"
 DEFAULT_OUT = REPO_ROOT / "docs" / "img" / "anyres_layout.png"
@@ -100,21 +102,6 @@ class AnyresKept:
             "grid_extras": grid_extras, "rows_with_tokens": sorted(rows_with_tokens),
             "lm_tokens": base + inside + len(rows_with_tokens) + grid_extras,
         }
-
-
-def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Centre-crop ``image`` to the aspect of ``size`` (width, height), then resize to it (no distortion)."""
-    width, height = image.size
-    target = size[0] / size[1]
-    if width / height > target:
-        new_width = round(height * target)
-        left = (width - new_width) // 2
-        image = image.crop((left, 0, left + new_width, height))
-    else:
-        new_height = round(width / target)
-        top = (height - new_height) // 2
-        image = image.crop((0, top, width, top + new_height))
-    return image.resize(size, Image.BICUBIC)
 
 
 def kept_on_tiles(model, image_processor, image: Image.Image, mode: str, budget: int | None = None) -> AnyresKept:

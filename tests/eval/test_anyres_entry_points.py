@@ -18,8 +18,6 @@ narrow     300x700    336x1008 (1x3)     4 x 576 = 2304            576 + 56 x 25
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 
@@ -27,35 +25,19 @@ import pytest
 import torch
 from PIL import Image
 
+from anyres_images import SIZES, make_image, to_b64
+
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
 from llava.eval import model_vqa, model_vqa_loader, model_vqa_mmbench, model_vqa_science, run_llava
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 
-SIZES = {"square": (672, 672), "wide": (500, 300), "tall": (336, 672), "narrow": (300, 700)}
 PATCHES = {"square": 2880, "wide": 1728, "tall": 1728, "narrow": 2304}
 UNREDUCED = {"square": 2928, "wide": 1560, "tall": 1776, "narrow": 1976}
-COLOURS = {"square": (200, 40, 40), "wide": (40, 200, 40), "tall": (40, 40, 200), "narrow": (200, 200, 40)}
 # questions in this order: model_vqa_loader at batch size 2 sees (square, narrow) = 5 and 4 tiles (a list of stacks),
 # then (wide, tall) = 3 and 3 tiles (one [2, 3, 3, 336, 336] tensor)
 ORDER = ["square", "narrow", "wide", "tall"]
 SUMMARY = re.compile(r"^visual tokens: (.*) \((none|prumerge|prumerge\+)\)$", re.M)
-
-
-def make_image(name: str) -> Image.Image:
-    """A plain image of the chosen size with a few rectangles, so PruMerge has something to pick."""
-    width, height = SIZES[name]
-    image = Image.new("RGB", (width, height), COLOURS[name])
-    for i in range(3):
-        box = (width * i // 4, height * i // 5, width * i // 4 + width // 6, height * i // 5 + height // 7)
-        image.paste((250 - 60 * i, 250, 30 * i), box)
-    return image
-
-
-def to_b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _read(path) -> list[dict]:

@@ -12,7 +12,6 @@ or cuts other padding rows), so asserting them checks that. Oracles, worked out 
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 import sys
@@ -22,6 +21,8 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+
+from anyres_images import SIZES, make_image, to_b64
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
@@ -38,23 +39,6 @@ from llava.serve.model_worker import create_app as create_worker_app
 
 MODEL = "llava-v1.6-vicuna-tiny"  # default reduction (prumerge)
 MODEL_NONE = "llava-v1.6-vicuna-tiny-none"  # --token-reduction none
-SIZES = {"square": (672, 672), "wide": (500, 300), "tall": (336, 672)}
-
-
-def make_image(name: str) -> Image.Image:
-    width, height = SIZES[name]
-    image = Image.new("RGB", (width, height), {"square": (200, 40, 40), "wide": (40, 200, 40),
-                                               "tall": (40, 40, 200)}[name])
-    for i in range(3):
-        box = (width * i // 4, height * i // 5, width * i // 4 + width // 6, height * i // 5 + height // 7)
-        image.paste((250 - 60 * i, 250, 30 * i), box)
-    return image
-
-
-def to_b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def chat_prompt(question: str, images: int = 1) -> str:
