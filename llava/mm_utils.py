@@ -146,8 +146,13 @@ class KeywordsStoppingCriteria(StoppingCriteria):
 
     A row is done when its newly generated ids (after the prompt's ``input_ids.shape[1]`` tokens) end with a
     keyword's ids, or when the decoded text of its last few generated tokens (as many as the longest keyword has
-    ids) contains a keyword. Returns a per-row bool tensor, as transformers 5 expects; ``generate`` keeps finished
-    rows finished.
+    ids) contains a keyword. Tokens of the prompt never count.
+
+    ``__call__`` returns a ``[B]`` bool tensor, not upstream's plain ``all(rows)`` bool: transformers 5's
+    ``generate`` combines criteria per row (``is_done | criterion(...)``, then ``unfinished & ~is_done``), so each row
+    stops on its own and finished rows stay finished. At batch size 1 the 1-element tensor is truthy exactly when
+    upstream's bool was True, so upstream-style ``if criteria(ids, scores):`` callers keep working.
+    :meth:`call_for_batch` is upstream's single-row check and returns a plain bool.
     """
 
     def __init__(self, keywords: Sequence[str], tokenizer: Any, input_ids: torch.Tensor) -> None:
@@ -163,6 +168,23 @@ class KeywordsStoppingCriteria(StoppingCriteria):
         self.keyword_ids = [ids for ids in self.keyword_ids if ids.numel() > 0]
         self.max_keyword_len = max((ids.numel() for ids in self.keyword_ids), default=1)
         self.start_len = input_ids.shape[1]
+
+    def call_for_batch(self, output_ids: torch.LongTensor, scores: torch.FloatTensor | None = None,
+                       **kwargs: Any) -> bool:
+        """Upstream's single-row check: ``output_ids`` ``[1, T]`` (or ``[T]``) -> True when the row may stop."""
+        row = output_ids.reshape(1, -1) if output_ids.dim() == 1 else output_ids
+        if row.shape[0] != 1:
+            raise ValueError(f"call_for_batch takes one row, got shape {tuple(output_ids.shape)}")
+        generated = row.shape[1] - self.start_len
+        if generated <= 0:
+            return False
+        for ids in self.keyword_ids:
+            n = ids.numel()
+            if n <= generated and bool((row[0, -n:] == ids.to(row.device)).all()):
+                return True
+        window = min(generated, self.max_keyword_len)
+        text = self.tokenizer.batch_decode(row[:, -window:], skip_special_tokens=True)[0]
+        return any(k in text for k in self.keywords)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         """``input_ids`` ``[B, T]`` (prompt + generated so far) -> ``[B]`` bool, True where the row may stop."""

@@ -5,9 +5,10 @@
 * :func:`disable_torch_init` no longer monkeypatches ``torch.nn.Linear``/``LayerNorm`` for the whole process; it
   returns a context manager that skips weight initialisation only inside its ``with`` block.
 * :func:`pretty_print_semaphore` formats a worker's semaphore for status logs.
-
-Upstream's ``violates_moderation`` (a call to the OpenAI moderation API) is intentionally absent: this package makes
-no network calls of its own.
+* :func:`violates_moderation` asks the OpenAI moderation endpoint whether a text is flagged. It makes a network call
+  only when ``OPENAI_API_KEY`` is set (to ``$OPENAI_BASE_URL/moderations``, default ``https://api.openai.com/v1``);
+  without a key, and on any network, HTTP or response-format error, it logs and returns False, as upstream did.
+* ``server_error_msg`` and ``moderation_msg`` are upstream's user-facing messages, word for word.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from typing import Any
 
 from llava import constants
 
-__all__ = ["build_logger", "disable_torch_init", "pretty_print_semaphore"]
+__all__ = ["build_logger", "disable_torch_init", "moderation_msg", "pretty_print_semaphore", "server_error_msg",
+           "violates_moderation"]
+
+server_error_msg = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+moderation_msg = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
+
+_DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+_MODERATION_TIMEOUT_S = 5.0
+_log = logging.getLogger(__name__)
 
 _FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -93,3 +102,31 @@ def pretty_print_semaphore(semaphore: asyncio.Semaphore | threading.Semaphore | 
     value = getattr(semaphore, "_value", None)
     locked = semaphore.locked() if hasattr(semaphore, "locked") else value == 0
     return f"Semaphore(value={value}, locked={locked})"
+
+
+def violates_moderation(text: str, timeout: float = _MODERATION_TIMEOUT_S) -> bool:
+    """Whether the OpenAI moderation API flags ``text``.
+
+    With ``OPENAI_API_KEY`` set, POSTs ``{"input": text}`` (newlines removed, as upstream) to
+    ``<OPENAI_BASE_URL or https://api.openai.com/v1>/moderations`` with bearer auth and returns
+    ``results[0].flagged``. Without a key it logs one INFO line and returns False. A connection failure, timeout,
+    HTTP error status or unexpected response body is logged (WARNING) and gives False, like upstream.
+    """
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        _log.info("OPENAI_API_KEY is not set; skipping the moderation check")
+        return False
+    import httpx
+
+    base = (os.environ.get("OPENAI_BASE_URL") or _DEFAULT_OPENAI_BASE_URL).rstrip("/")
+    url = f"{base}/moderations"
+    try:
+        response = httpx.post(url, json={"input": text.replace("\n", "")},
+                              headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+        response.raise_for_status()
+        flagged = response.json()["results"][0]["flagged"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
+        _log.warning("moderation check against %s failed (%s: %s); treating the text as not flagged",
+                     url, type(err).__name__, err)
+        return False
+    return bool(flagged)

@@ -289,3 +289,63 @@ def test_keywords_stopping_text_match(bpe_tokenizer):
 )
 def test_get_model_name_from_path(path, name):
     assert get_model_name_from_path(path) == name
+
+
+def test_keywords_call_for_batch_matches_rows(bpe_tokenizer):
+    prompt = torch.tensor([[1, 17], [1, 17], [1, 24], [1, 17]])
+    crit = KeywordsStoppingCriteria(["</s>", "cat?"], bpe_tokenizer, prompt)
+    out = torch.tensor([[1, 17, 19, 2], [1, 17, 24, 12], [1, 24, 12, 19], [1, 17, 19, 22]])
+    per_row = [crit.call_for_batch(out[i].unsqueeze(0), None) for i in range(4)]
+    assert per_row == [True, True, False, False]
+    assert all(type(v) is bool for v in per_row)
+    assert per_row == crit(out, None).tolist()
+    assert crit.call_for_batch(prompt[:1], None) is False  # nothing generated yet
+    with pytest.raises(ValueError, match="one row"):
+        crit.call_for_batch(out, None)
+
+
+def test_keywords_stopping_batch_one_is_truthy_like_upstream_bool(bpe_tokenizer):
+    crit = KeywordsStoppingCriteria(["cat?"], bpe_tokenizer, torch.tensor([[1]]))
+    assert crit(torch.tensor([[1, 24, 12]]), None)  # upstream returned True here
+    assert not crit(torch.tensor([[1, 19, 22]]), None)  # and False here
+
+
+def test_keywords_stopping_in_stopping_criteria_list(bpe_tokenizer):
+    # transformers 5 combines criteria row by row: ``is_done | criterion(...)``.
+    from transformers import MaxLengthCriteria, StoppingCriteriaList
+
+    crit = KeywordsStoppingCriteria(["</s>"], bpe_tokenizer, torch.tensor([[1, 17], [1, 17]]))
+    out = torch.tensor([[1, 17, 19, 2], [1, 17, 19, 22]])
+    done = StoppingCriteriaList([crit, MaxLengthCriteria(max_length=10)])(out, None)
+    assert done.tolist() == [True, False]
+
+
+def test_keywords_stopping_with_generate(bpe_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteriaList
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(bpe_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    prompt = torch.tensor([[1, 17, 19], [1, 24, 22]])
+    kwargs = dict(do_sample=False, max_new_tokens=6, eos_token_id=2, pad_token_id=0)  # eos set: finished rows get padded
+    full = model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+    assert full.shape[1] == 9
+    # stop on one of row 0's new tokens whose decoded text re-encodes to that one id
+    crit = stop_id = None
+    for tok_id in full[0, 3:].tolist():
+        text = bpe_tokenizer.decode([tok_id])
+        candidate = KeywordsStoppingCriteria([text], bpe_tokenizer, prompt) if text.strip() else None
+        if candidate is not None and [t.tolist() for t in candidate.keyword_ids] == [[tok_id]] \
+                and tok_id not in full[1, 3:].tolist():
+            crit, stop_id = candidate, tok_id
+            break
+    if crit is None:
+        pytest.skip("no generated token of row 0 round-trips through the tokenizer")
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                         stopping_criteria=StoppingCriteriaList([crit]), **kwargs)
+    first_stop = min(i for i in range(3, 9) if crit.call_for_batch(full[:1, : i + 1], None))
+    assert first_stop < 8
+    assert out[0, : first_stop + 1].tolist() == full[0, : first_stop + 1].tolist()
+    assert out[0, first_stop + 1:].tolist() == [0] * (out.shape[1] - first_stop - 1)  # padded once finished

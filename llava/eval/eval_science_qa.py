@@ -45,6 +45,12 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def convert_caps(results: Sequence[dict]) -> list[dict]:
+    """Answers ``[{"question_id", "text", ...}]`` as caption records ``[{"image_id": int(question_id), "caption":
+    text}]`` (upstream's helper for caption-style scoring)."""
+    return [{"image_id": int(r["question_id"]), "caption": r["text"]} for r in results]
+
+
 def parse_answer_letter(pred_text: str, options: Sequence[str]) -> str:
     """The option letter an answer gives, or "FAILED"."""
     if pred_text in options:

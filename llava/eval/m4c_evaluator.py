@@ -13,18 +13,21 @@ The rules, as the VQA evaluation documents them:
 
 ``EvalAIAnswerProcessor`` and ``TextVQAAccuracyEvaluator`` keep the names (and call signatures) upstream scripts
 import: ``EvalAIAnswerProcessor()(answer) -> str`` and ``TextVQAAccuracyEvaluator().eval_pred_list(
-[{"pred_answer": str, "gt_answers": [str, ...]}, ...]) -> float`` in [0, 1].
+[{"pred_answer": str, "gt_answers": [str, ...]}, ...]) -> float`` in [0, 1]. ``STVQAANLSEvaluator`` (ANLS) and
+``TextCapsBleu4Evaluator`` (corpus BLEU-4) take the same list.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
-__all__ = ["CONTRACTIONS", "EvalAIAnswerProcessor", "STVQAAccuracyEvaluator", "TextVQAAccuracyEvaluator",
-           "vqa_accuracy"]
+__all__ = ["CONTRACTIONS", "EvalAIAnswerProcessor", "STVQAANLSEvaluator", "STVQAAccuracyEvaluator",
+           "TextCapsBleu4Evaluator", "TextVQAAccuracyEvaluator", "edit_distance", "vqa_accuracy"]
 
 # Contractions whose apostrophe-free spelling is not itself an ordinary word (so "its", "well", "were", "shell",
 # "ill", "lets", "shed", "wed" are left alone). Upper-case forms ("I'm") never match: answers are lower-cased first.
@@ -141,3 +144,102 @@ class STVQAAccuracyEvaluator:
             prediction = self.answer_processor(entry["pred_answer"])
             hits += prediction in {self.answer_processor(a) for a in entry["gt_answers"]}
         return hits / len(pred_list)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions, each costing 1) between two strings."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+class STVQAANLSEvaluator:
+    """Average Normalised Levenshtein Similarity (ST-VQA's ANLS).
+
+    Both strings are lower-cased and stripped; an answer scores ``1 - edit_distance / max(len)`` against a ground
+    truth when that is at least ``threshold`` (0.5), else 0; a prediction takes its best ground truth; the result is
+    the mean over predictions. Upstream used the ``editdistance`` package; :func:`edit_distance` computes the same
+    distance without it.
+    """
+
+    threshold = 0.5
+
+    def get_anls(self, s1: str, s2: str) -> float:
+        s1, s2 = s1.lower().strip(), s2.lower().strip()
+        longest = max(len(s1), len(s2))
+        if longest == 0:
+            return 1.0  # two empty strings are identical (upstream divided by zero here)
+        similarity = 1.0 - edit_distance(s1, s2) / longest
+        return similarity if similarity >= self.threshold else 0.0
+
+    def eval_pred_list(self, pred_list: Sequence[dict]) -> float:
+        """Mean ANLS over ``[{"pred_answer": str, "gt_answers": [str, ...]}, ...]`` (0 for an empty list)."""
+        if not pred_list:
+            return 0.0
+        total = 0.0
+        for entry in pred_list:
+            total += max((self.get_anls(entry["pred_answer"], gt) for gt in entry["gt_answers"]), default=0.0)
+        return total / len(pred_list)
+
+
+_PUNCT_TABLE = str.maketrans({ch: " " for ch in string.punctuation})
+
+
+def _caption_tokens(text: str) -> list[str]:
+    """Lower-case, punctuation to spaces, split on whitespace."""
+    return text.lower().translate(_PUNCT_TABLE).split()
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+class TextCapsBleu4Evaluator:
+    """Corpus BLEU-4 of predicted captions against reference captions (TextCaps' metric).
+
+    Upstream ran pycocoevalcap's ``PTBTokenizer`` (Java) and ``Bleu(4)``; neither is used here. This is a
+    self-contained re-implementation of the same computation: captions are lower-cased, punctuation removed and split
+    on whitespace (close to, but not byte-identical with, the PTB tokenizer); for n = 1..4 the clipped n-gram matches
+    and the hypothesis n-gram counts are summed over the whole corpus; the score is the geometric mean of the four
+    precisions times the brevity penalty ``exp(1 - r / c)`` when the total hypothesis length ``c`` is below the total
+    reference length ``r``, where each caption's reference length is that of its closest reference (the shorter on a
+    tie, coco-caption's "closest" option). Like coco-caption, tiny constants (1e-15 / 1e-9) keep a zero precision
+    from dividing by zero, so such a corpus scores about 0.
+    """
+
+    max_n = 4
+    _TINY = 1e-15
+    _SMALL = 1e-9
+
+    def eval_pred_list(self, pred_list: Sequence[dict]) -> float:
+        """BLEU-4 in [0, 1] over ``[{"pred_answer": str, "gt_answers": [str, ...]}, ...]`` (0 for an empty list)."""
+        if not pred_list:
+            return 0.0
+        matches = [0] * self.max_n
+        guesses = [0] * self.max_n
+        hyp_len = ref_len = 0
+        for entry in pred_list:
+            hyp = _caption_tokens(entry["pred_answer"])
+            refs = [_caption_tokens(r) for r in entry["gt_answers"]]
+            if not refs:
+                raise ValueError("TextCapsBleu4Evaluator: an entry has no reference captions")
+            hyp_len += len(hyp)
+            ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+            for n in range(1, self.max_n + 1):
+                hyp_counts = _ngrams(hyp, n)
+                max_ref: Counter = Counter()
+                for r in refs:
+                    max_ref |= _ngrams(r, n)
+                matches[n - 1] += sum(min(c, max_ref[g]) for g, c in hyp_counts.items())
+                guesses[n - 1] += max(len(hyp) - n + 1, 0)
+        log_precision = sum(
+            math.log((m + self._TINY) / (g + self._SMALL)) for m, g in zip(matches, guesses)
+        ) / self.max_n
+        brevity = 1.0 if hyp_len >= ref_len else math.exp(1.0 - ref_len / (hyp_len + self._TINY))
+        return math.exp(log_precision) * brevity
