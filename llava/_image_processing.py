@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are made, so image loading 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
-DEFAULT_DOWNLOAD_TIMEOUT_S = 10.0
+DEFAULT_DOWNLOAD_TIMEOUT_S = 10.0  # per network operation (connect, each read)
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # a URL's body, in total
+DEFAULT_DOWNLOAD_TIME_LIMIT_S = 60.0  # a URL's whole download, however the bytes trickle in
 
 Resolution = tuple[int, int]  # (width, height)
 
@@ -78,32 +80,76 @@ def load_image_from_base64(image: str, max_pixels: int | None = DEFAULT_MAX_IMAG
     return _open_checked(BytesIO(raw), f"<base64 {_describe(image)}>", max_pixels)
 
 
+def download_bytes(
+    url: str,
+    *,
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+    max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+    time_limit: float | None = DEFAULT_DOWNLOAD_TIME_LIMIT_S,
+) -> bytes:
+    """GET ``url`` (redirects followed), streaming, and give up past ``max_bytes`` bytes or ``time_limit`` seconds.
+
+    ``timeout`` bounds each network operation (connect, one read); ``time_limit`` bounds the whole download, so a
+    server that trickles a byte at a time cannot hold the caller. ``None`` turns a limit off.
+
+    Raises:
+        ValueError: the request failed, the server answered an error status, or a limit was passed; the message
+            names the URL.
+    """
+    import time
+
+    import httpx
+
+    started = time.monotonic()
+
+    def check_time() -> None:
+        if time_limit is not None and time.monotonic() - started > time_limit:
+            raise ValueError(f"cannot download image {url}: it took longer than the limit of {time_limit:g} s")
+
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            response.raise_for_status()
+            announced = response.headers.get("content-length")
+            if max_bytes is not None and announced and announced.isdigit() and int(announced) > max_bytes:
+                raise ValueError(f"cannot download image {url}: it is {int(announced)} bytes, over the limit of "
+                                 f"{max_bytes} bytes")
+            chunks, total = [], 0
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise ValueError(f"cannot download image {url}: it is over the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+                check_time()
+            check_time()
+    except httpx.HTTPError as err:
+        raise ValueError(f"cannot download image {url}: {err}") from err
+    return b"".join(chunks)
+
+
 def load_image(
     image_file: str | os.PathLike,
     *,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     timeout: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+    max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+    download_time_limit: float | None = DEFAULT_DOWNLOAD_TIME_LIMIT_S,
 ) -> Image.Image:
     """Load one image as RGB from a local path, an http(s) URL, a ``data:`` URI or a bare base64 string.
 
     The header is read first and images of more than ``max_pixels`` pixels (``None``: no limit of ours; PIL's own
-    ``Image.MAX_IMAGE_PIXELS`` guard still applies) are refused before any pixel data is decoded.
+    ``Image.MAX_IMAGE_PIXELS`` guard still applies) are refused before any pixel data is decoded. A URL is
+    downloaded by :func:`download_bytes`: ``timeout`` seconds per network operation, at most
+    ``max_download_bytes`` bytes (64 MiB) and ``download_time_limit`` seconds (60 s) in all.
 
     Raises:
         FileNotFoundError: a path that does not exist (and is not base64 either).
-        ValueError: a download that fails, data that is not a decodable image, or an oversized image; the message
-            names the file.
+        ValueError: a download that fails or passes a limit, data that is not a decodable image, or an oversized
+            image; the message names the file.
     """
     source = os.fspath(image_file)
     if source.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            response = requests.get(source, timeout=timeout)
-            response.raise_for_status()
-        except requests.RequestException as err:
-            raise ValueError(f"cannot download image {source}: {err}") from err
-        image = _open_checked(BytesIO(response.content), source, max_pixels)
+        raw = download_bytes(source, timeout=timeout, max_bytes=max_download_bytes, time_limit=download_time_limit)
+        image = _open_checked(BytesIO(raw), source, max_pixels)
     elif source.startswith("data:"):
         image = load_image_from_base64(source, max_pixels)
     elif os.path.exists(source):

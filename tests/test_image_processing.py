@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import http.server
+import re
 import struct
 import threading
+import time
 import zlib
 from io import BytesIO
 from types import SimpleNamespace
@@ -247,3 +249,78 @@ def test_load_image_from_a_real_http_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    """/big.png: a valid PNG padded to 3 MiB (announced); /big-chunked.png: the same without Content-Length;
+    /slow.png: a 5x5 PNG sent a few bytes every 0.1 s (several seconds in all)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        png = _png_bytes(size=(5, 5))
+        if self.path in ("/big.png", "/big-chunked.png"):
+            body = png + b"\0" * (3 * 1024 * 1024)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            if self.path == "/big.png":
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    for start in range(0, len(body), 65536):
+                        self.wfile.write(body[start:start + 65536])
+                except OSError:  # the client hung up, as it should
+                    pass
+                self.close_connection = True
+            return
+        if self.path == "/slow.png":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            try:
+                for start in range(0, len(png), 4):
+                    self.wfile.write(png[start:start + 4])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def hostile_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/big.png", "/big-chunked.png"])
+def test_url_download_stops_past_the_size_limit(hostile_server, path):
+    url = hostile_server + path
+    with pytest.raises(ValueError, match=re.escape(url) + ".*over the limit of 1048576 bytes"):
+        load_image(url, timeout=5.0, max_download_bytes=1024 * 1024)
+    # under a limit it fits, the padded PNG still loads
+    assert load_image(url, timeout=5.0, max_download_bytes=8 * 1024 * 1024).size == (5, 5)
+
+
+def test_url_download_stops_past_the_time_limit(hostile_server):
+    url = hostile_server + "/slow.png"
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=re.escape(url) + ".*longer than the limit of 0.5 s"):
+        load_image(url, timeout=5.0, download_time_limit=0.5)
+    assert time.monotonic() - started < 2.0  # well before the trickle ends (each read alone is under timeout)

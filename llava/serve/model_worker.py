@@ -20,6 +20,22 @@ Endpoints (JSON POST, as upstream LLaVA's worker):
   without image sizes, ...) arrive as ``{"text": why, "error_code": 1}`` instead of a dropped connection.
 * ``/worker_get_status``: ``{"model_names": [name], "speed": 1, "queue_length": n}``.
 
+What one request may cost is bounded; each refusal is an ``error_code`` 1 stream object (HTTP 200, so the
+controller relays it and clients parse it like any other), sent before any image is decoded:
+
+* ``--max-request-bytes`` (default 32 MiB): a larger body (by its Content-Length, or as it arrives) is refused;
+* ``--max-images`` (default 8): images per request;
+* ``--max-total-pixels`` (default 64 Mpx): the pixels of all the request's images together, read from the image
+  headers (each image is also held to ``llava.mm_utils``'s per-image limit, checked the same way);
+* the context length: prompt tokens plus the visual-token upper bound (computed from the header sizes) must leave
+  room for an answer, else the upstream "Exceeds max token length" text (``error_code`` 0, as upstream);
+* ``max_new_tokens`` must be at least 1; the body must be a JSON object.
+
+Controller: with ``--worker-token`` (default: the environment variable ``LLAVA_WORKER_TOKEN``) registrations and
+heartbeats carry ``worker_token``, as a controller started with the same secret requires. On SIGTERM / Ctrl-C and at
+the end of the app's lifespan the worker stops its heartbeats and POSTs ``/deregister_worker``, so the controller
+stops routing to it at once rather than at heartbeat expiry.
+
 At most ``--limit-model-concurrency`` requests generate at once; the others wait (they count in queue_length).
 The semaphore, counters and heartbeat thread belong to the :class:`ModelWorker` instance.
 """
@@ -28,17 +44,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import json
 import logging
+import os
 import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 import httpx
 import torch
+from PIL import Image
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from ..constants import (
@@ -48,6 +70,7 @@ from ..constants import (
     IMAGE_TOKEN_INDEX,
     WORKER_HEART_BEAT_INTERVAL,
 )
+from .._image_processing import DEFAULT_MAX_IMAGE_PIXELS
 from ..eval.common import default_device
 from ..mm_utils import (
     KeywordsStoppingCriteria,
@@ -73,7 +96,7 @@ from ._stream import ERROR_GENERATION, ERROR_NONE, encode_stream_object, error_o
 
 try:
     import uvicorn
-    from fastapi import Body, FastAPI
+    from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from starlette.concurrency import iterate_in_threadpool
 except ImportError as err:  # the serve extra is optional
@@ -83,6 +106,10 @@ except ImportError as err:  # the serve extra is optional
 logger = logging.getLogger("llava.serve.model_worker")
 
 HTTP_TIMEOUT = 5.0  # seconds for calls to the controller
+WORKER_TOKEN_ENV = "LLAVA_WORKER_TOKEN"  # as llava.serve.controller
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_IMAGES = 8
+DEFAULT_MAX_TOTAL_PIXELS = 64_000_000
 
 
 @dataclass
@@ -108,6 +135,9 @@ class ModelWorker:
         stream_interval: send a stream object every this many decoded text pieces (the last one always goes).
         token_reduction / token_budget: override the checkpoint's visual-token reduction.
         heart_beat_interval: seconds between heartbeats to the controller.
+        worker_token: the controller's shared secret, sent with registrations, heartbeats and deregistration.
+        max_request_bytes / max_images / max_total_pixels: what one request may send (see the module docstring);
+            ``None`` for no limit.
     """
 
     def __init__(
@@ -129,6 +159,10 @@ class ModelWorker:
         token_reduction: str | None = None,
         token_budget: int | None = None,
         heart_beat_interval: float = WORKER_HEART_BEAT_INTERVAL,
+        worker_token: str | None = None,
+        max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
+        max_images: int | None = DEFAULT_MAX_IMAGES,
+        max_total_pixels: int | None = DEFAULT_MAX_TOTAL_PIXELS,
     ) -> None:
         if limit_model_concurrency < 1:
             raise ValueError(f"--limit-model-concurrency must be at least 1, got {limit_model_concurrency}")
@@ -143,6 +177,10 @@ class ModelWorker:
         self.limit_model_concurrency = limit_model_concurrency
         self.stream_interval = stream_interval
         self.heart_beat_interval = heart_beat_interval
+        self.worker_token = worker_token or None
+        self.max_request_bytes = max_request_bytes
+        self.max_images = max_images
+        self.max_total_pixels = max_total_pixels
 
         logger.info("loading model %s on worker %s ...", self.model_name, worker_id)
         self.tokenizer, self.model, self.image_processor, self.context_len = load_pretrained_model(
@@ -166,6 +204,8 @@ class ModelWorker:
         self._stop = threading.Event()
         self._beat_now = threading.Event()
         self._heart_beat_thread: threading.Thread | None = None
+        self._deregister_lock = threading.Lock()
+        self._deregistered = False
 
     # --- controller ---------------------------------------------------------------------------------------
 
@@ -180,16 +220,45 @@ class ModelWorker:
         if self.no_register:
             return
         self._stop.clear()
+        self._deregistered = False
         self._heart_beat_thread = threading.Thread(target=self._heart_beat_loop, name="worker-heartbeat",
                                                    daemon=True)
         self._heart_beat_thread.start()
 
     def stop(self) -> None:
+        """Stop the heartbeats, then deregister from the controller (once; also safe when never started)."""
         self._stop.set()
         self._beat_now.set()
-        if self._heart_beat_thread is not None:
-            self._heart_beat_thread.join(timeout=10)
-            self._heart_beat_thread = None
+        thread = self._heart_beat_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._heart_beat_thread = None
+        self.deregister_from_controller()
+
+    def _with_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.worker_token is not None:
+            body["worker_token"] = self.worker_token
+        return body
+
+    def deregister_from_controller(self) -> bool:
+        """POST ``/deregister_worker`` (once per start), so the controller stops routing here now.
+
+        Returns:
+            True when the controller answered (whether or not it knew us); False when skipped or it failed (logged).
+        """
+        with self._deregister_lock:
+            if self.no_register or self._deregistered:
+                return False
+            self._deregistered = True
+            try:
+                response = httpx.post(self.controller_addr + "/deregister_worker", timeout=HTTP_TIMEOUT,
+                                      json=self._with_token({"worker_name": self.worker_addr}))
+                response.raise_for_status()
+            except httpx.HTTPError as err:
+                logger.error("cannot deregister from the controller at %s: %s", self.controller_addr, err)
+                return False
+            logger.info("deregistered from the controller at %s", self.controller_addr)
+            return True
 
     def register_to_controller(self) -> bool:
         """Register with the controller, sending our status (upstream's field; the controller asks us again).
@@ -198,8 +267,8 @@ class ModelWorker:
             False when the controller answered that it could not reach this worker (``{"registered": false}``).
         """
         logger.info("registering with the controller at %s", self.controller_addr)
-        response = httpx.post(self.controller_addr + "/register_worker", timeout=HTTP_TIMEOUT, json={
-            "worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()})
+        response = httpx.post(self.controller_addr + "/register_worker", timeout=HTTP_TIMEOUT, json=self._with_token({
+            "worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()}))
         response.raise_for_status()
         answer = response.json() if response.content else None
         return not (isinstance(answer, dict) and answer.get("registered") is False)
@@ -210,9 +279,10 @@ class ModelWorker:
                     pretty_print_semaphore(self.semaphore), self.request_count)
         try:
             response = httpx.post(self.controller_addr + "/receive_heart_beat", timeout=HTTP_TIMEOUT,
-                                  json={"worker_name": self.worker_addr, "queue_length": self.get_queue_length()})
+                                  json=self._with_token({"worker_name": self.worker_addr,
+                                                         "queue_length": self.get_queue_length()}))
             response.raise_for_status()
-            if not response.json()["exist"]:
+            if not response.json()["exist"] and not self._stop.is_set():
                 self.register_to_controller()
         except (httpx.HTTPError, ValueError, KeyError) as err:
             logger.error("heartbeat to %s failed: %s", self.controller_addr, err)
@@ -305,6 +375,20 @@ class ModelWorker:
                              f"{len(request.images)} images were given")
         if request.images and not self.is_multimodal:
             raise ValueError(f"{self.model_name} is a language-only model: send no images")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+        if self.max_images is not None and len(request.images) > self.max_images:
+            raise ValueError(f"{len(request.images)} images were given, more than this worker's limit of "
+                             f"{self.max_images} per request")
+        if request.images:  # before decoding any image: the pixel budget, then the context the request needs
+            sizes = self._check_image_headers(request.images)
+            model_prompt = self._model_prompt(prompt)
+            text_tokens = len(tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX)) - len(sizes)
+            tower = self.model.get_vision_tower()
+            bound = visual_token_upper_bound_for_sizes(sizes, self.model.config, tower)
+            if clamp_max_new_tokens(request.max_new_tokens, text_tokens + bound, self.context_len) < 1:
+                yield {"text": prompt + EXCEEDS_CONTEXT_MESSAGE, "error_code": ERROR_NONE}
+                return
 
         model_prompt, image_args, visual_upper_bound = self._prepare_images(prompt, request.images)
         input_ids = tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
@@ -357,6 +441,42 @@ class ModelWorker:
                "patches": result.patches, "patches_per_image": self.patches_per_image,
                "token_reduction": self.token_reduction_mode}
 
+    def _model_prompt(self, prompt: str) -> str:
+        """The prompt as the model reads it: ``<im_start><image><im_end>`` when the model uses them."""
+        if self.model.config.mm_use_im_start_end:
+            return prompt.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN
+                                  + DEFAULT_IM_END_TOKEN)
+        return prompt
+
+    def _check_image_headers(self, images_b64: list[str]) -> list[tuple[int, int]]:
+        """The ``(width, height)`` of each image, read from its header only, and the request's pixel budget.
+
+        An image whose header cannot be read is decoded by ``load_image_from_base64`` here, which raises its
+        usual error (not base64, not an image, over the per-image limit).
+
+        Raises:
+            ValueError: a bad image, or more than ``max_total_pixels`` pixels in all.
+        """
+        sizes = []
+        for b64 in images_b64:
+            size = None
+            try:
+                raw = base64.b64decode(b64.split(",", 1)[1] if b64.startswith("data:") else b64, validate=True)
+                with Image.open(BytesIO(raw)) as header:  # lazy: reads the header, decodes no pixels
+                    size = header.size
+            except (binascii.Error, ValueError, OSError, SyntaxError, Image.DecompressionBombError):
+                pass
+            if size is None or size[0] * size[1] > DEFAULT_MAX_IMAGE_PIXELS:
+                with load_image_from_base64(b64) as image:  # raises the precise error
+                    size = image.size
+            sizes.append((int(size[0]), int(size[1])))
+        total = sum(w * h for w, h in sizes)
+        if self.max_total_pixels is not None and total > self.max_total_pixels:
+            raise ValueError(f"the request's {len(sizes)} images have {total} pixels in all ("
+                             + ", ".join(f"{w}x{h}" for w, h in sizes)
+                             + f"), over this worker's limit of {self.max_total_pixels} pixels per request")
+        return sizes
+
     def _prepare_images(self, prompt: str, images_b64: list[str]) -> tuple[str, dict[str, Any], int]:
         """Decode and preprocess the request's images.
 
@@ -376,9 +496,7 @@ class ModelWorker:
             pixel_values = [p.to(tower.device, dtype=tower.dtype) for p in pixel_values]
         else:  # [B, 3, H, W], or [B, tiles, 3, H, W] for anyres images that share a shape
             pixel_values = pixel_values.to(tower.device, dtype=tower.dtype)
-        if self.model.config.mm_use_im_start_end:
-            prompt = prompt.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN
-                                    + DEFAULT_IM_END_TOKEN)
+        prompt = self._model_prompt(prompt)
         image_args = {"images": pixel_values, "image_sizes": image_sizes}
         bound = visual_token_upper_bound(pixel_values, image_sizes, self.model.config, tower)
         return prompt, image_args, bound
@@ -453,6 +571,31 @@ def visual_token_upper_bound(pixel_values, image_sizes: Sequence[Sequence[int]],
     its 2880 patches; a 500x300 one reads 1560 tokens against the bound 3 * 576 + 24 = 1752.
     """
     tiles, per_image_layout = tiles_per_image(pixel_values)
+    return _visual_token_bound(tiles, per_image_layout, image_sizes, config, tower)
+
+
+def visual_token_upper_bound_for_sizes(image_sizes: Sequence[Sequence[int]], config, tower) -> int:
+    """:func:`visual_token_upper_bound` from the images' ``(width, height)`` alone, before decoding them.
+
+    The tiles are those ``process_images`` makes: one per image, or for an anyres model the base tile plus the
+    tiles of the pinpoint canvas the image is fitted to.
+    """
+    mode = getattr(config, "image_aspect_ratio", None)
+    if not (isinstance(mode, str) and mode.startswith("anyres")):
+        return _visual_token_bound([1] * len(image_sizes), False, image_sizes, config, tower)
+    tiles = []
+    for size in image_sizes:
+        try:
+            across, down = get_anyres_image_grid_shape(tuple(size), config.image_grid_pinpoints,
+                                                       tower.config.image_size)
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
+            raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}") from err
+        tiles.append(1 + int(across) * int(down))
+    return _visual_token_bound(tiles, True, image_sizes, config, tower)
+
+
+def _visual_token_bound(tiles: Sequence[int], per_image_layout: bool, image_sizes: Sequence[Sequence[int]], config,
+                        tower) -> int:
     reduction = tower.token_reduction
     unpad = per_image_layout and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
     side = tower.num_patches_per_side
@@ -474,6 +617,44 @@ def visual_token_upper_bound(pixel_values, image_sizes: Sequence[Sequence[int]],
     return total
 
 
+async def read_json_object(request: Request, max_bytes: int | None) -> dict[str, Any] | str:
+    """The request body as a JSON object, or why not (too large, not JSON, not an object) as a string.
+
+    A body announcing more than ``max_bytes`` is refused without being read; one that passes the limit while
+    arriving is refused there (the rest is not kept).
+    """
+    announced = request.headers.get("content-length", "")
+    if max_bytes is not None and announced.isdigit() and int(announced) > max_bytes:
+        return f"the request body is {int(announced)} bytes, over this worker's limit of {max_bytes} bytes"
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            return f"the request body is over this worker's limit of {max_bytes} bytes"
+        chunks.append(chunk)
+    try:
+        params = json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"the request body is not valid JSON: {err}"
+    if not isinstance(params, dict):
+        return f"the request body must be a JSON object, not {type(params).__name__}"
+    return params
+
+
+class _WorkerServer(uvicorn.Server):
+    """uvicorn's server, deregistering the worker as soon as a SIGTERM / SIGINT arrives (in-flight requests may
+    still take a while to finish; the controller should stop sending new ones now)."""
+
+    def __init__(self, config: uvicorn.Config, worker: ModelWorker) -> None:
+        super().__init__(config)
+        self._worker = worker
+
+    def handle_exit(self, sig, frame) -> None:
+        if not self.should_exit:  # the first signal: off the signal handler, which must not block
+            threading.Thread(target=self._worker.stop, name="worker-deregister", daemon=True).start()
+        super().handle_exit(sig, frame)
+
+
 def create_app(worker: ModelWorker) -> FastAPI:
     """A FastAPI app serving ``worker``; its lifespan registers with the controller and runs the heartbeat."""
 
@@ -489,7 +670,11 @@ def create_app(worker: ModelWorker) -> FastAPI:
     app.state.worker = worker
 
     @app.post("/worker_generate_stream")
-    async def worker_generate_stream(params: dict[str, Any] = Body(...)) -> StreamingResponse:
+    async def worker_generate_stream(request: Request) -> StreamingResponse:
+        params = await read_json_object(request, worker.max_request_bytes)
+        if isinstance(params, str):  # refused: one error object, as any failed generation
+            logger.info("bad request: %s", params)
+            return StreamingResponse(iter([encode_stream_object(error_object(params, ERROR_GENERATION))]))
         return StreamingResponse(worker.generate_stream_async(params))
 
     @app.post("/worker_get_status")
@@ -521,6 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-flash-attn", action="store_true")
     parser.add_argument("--heart-beat-interval", type=float, default=WORKER_HEART_BEAT_INTERVAL,
                         help="seconds between heartbeats to the controller")
+    parser.add_argument("--worker-token", type=str, default=os.environ.get(WORKER_TOKEN_ENV),
+                        help=f"the controller's shared secret, sent when registering (default: ${WORKER_TOKEN_ENV})")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="largest request body accepted (default: 32 MiB)")
+    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+                        help=f"most images in one request (default: {DEFAULT_MAX_IMAGES})")
+    parser.add_argument("--max-total-pixels", type=int, default=DEFAULT_MAX_TOTAL_PIXELS,
+                        help="most pixels of all the images of one request, read from their headers "
+                             f"(default: {DEFAULT_MAX_TOTAL_PIXELS})")
     add_token_reduction_args(parser)
     return parser
 
@@ -537,7 +731,8 @@ def worker_from_args(args: argparse.Namespace, worker_id: str) -> ModelWorker:
         args.no_register, args.model_path, args.model_base, args.model_name, args.load_8bit, args.load_4bit,
         args.device, use_flash_attn=args.use_flash_attn, limit_model_concurrency=args.limit_model_concurrency,
         stream_interval=args.stream_interval, token_reduction=args.token_reduction, token_budget=args.token_budget,
-        heart_beat_interval=args.heart_beat_interval,
+        heart_beat_interval=args.heart_beat_interval, worker_token=args.worker_token,
+        max_request_bytes=args.max_request_bytes, max_images=args.max_images, max_total_pixels=args.max_total_pixels,
     )
 
 
@@ -547,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat otherwise
     build_logger(logger.name, f"model_worker_{worker_id}.log")
-    logger.info("args: %s", args)
+    logger.info("args: %s", {k: ("***" if k == "worker_token" and v else v) for k, v in vars(args).items()})
     if args.multi_modal:
         logger.warning("--multi-modal is deprecated and does nothing: images are enabled when the checkpoint has "
                        "a vision tower")
@@ -556,7 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as err:  # a user's mistake: say what, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(create_app(worker), host=args.host, port=args.port, log_level="info")
+    _WorkerServer(config, worker).run()
     return 0
 
 
