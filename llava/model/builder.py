@@ -30,12 +30,11 @@ from .anyres_layout import validate_merge_type
 from .checkpoint_io import (
     VISION_TOWER_PREFIX,
     checkpoint_weight_files,
-    clean_non_lora_keys,
-    find_weight_file,
     load_into,
     load_vision_tower_weights,
+    read_non_lora_trainables,
     read_prefixed_weights,
-    read_weight_file,
+    read_projector_weights,
     vision_tower_state,
 )
 from .configuration_llava import LlavaConfig, LlavaMistralConfig
@@ -351,20 +350,12 @@ def _read_extra_weights(model, model_path, model_base, is_lora) -> tuple[dict, P
     """The weights a LoRA run (``non_lora_trainables``) or a pretraining run (``mm_projector``) saved beside it."""
     if model_base is None:
         return {}, None
-    if is_lora:
-        if model.lm_head.weight.shape[0] != model.config.vocab_size:  # the LoRA run added tokens
-            model.resize_token_embeddings(model.config.vocab_size)
-        file = find_weight_file(model_path, "non_lora_trainables")
-        if file is None:
-            raise FileNotFoundError(
-                f"{model_path} has no non_lora_trainables.bin (nor .safetensors): the projector weights of a "
-                "LoRA run are saved there"
-            )
-        return clean_non_lora_keys(read_weight_file(file)), file
-    file = find_weight_file(model_path, "mm_projector")
-    if file is None:
-        raise FileNotFoundError(f"{model_path} has no mm_projector.bin (nor .safetensors), and no adapter_config.json")
-    return {k: v.to(model.dtype) for k, v in read_weight_file(file).items()}, file
+    if not is_lora:
+        state, file = read_projector_weights(model_path)
+        return {k: v.to(model.dtype) for k, v in state.items()}, file
+    if model.lm_head.weight.shape[0] != model.config.vocab_size:  # the LoRA run added tokens
+        model.resize_token_embeddings(model.config.vocab_size)
+    return read_non_lora_trainables(model_path)
 
 
 def _tower_weights(config, weights_folder, extra_state, extra_file, *, projector_only: bool) -> _TowerWeights | None:

@@ -60,24 +60,31 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
     logger.info("loaded %d weights from %s", len(state), source)
 
 
-def load_non_lora_trainables(model: torch.nn.Module, folder: str | os.PathLike) -> None:
-    """Load ``non_lora_trainables.{safetensors,bin}`` from a LoRA checkpoint folder into ``model``."""
+def read_non_lora_trainables(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Path]:
+    """``non_lora_trainables.{safetensors,bin}`` of a LoRA checkpoint folder, keys cleaned to model keys; and the file.
+
+    Raises:
+        FileNotFoundError: the folder has neither file.
+    """
     file = find_weight_file(folder, "non_lora_trainables")
     if file is None:
         raise FileNotFoundError(
             f"{folder} has no non_lora_trainables.bin (nor .safetensors): the projector weights of a LoRA run "
             "are saved there"
         )
-    load_into(model, clean_non_lora_keys(read_weight_file(file)), file)
+    return clean_non_lora_keys(read_weight_file(file)), file
 
 
-def load_projector_weights(model: torch.nn.Module, folder: str | os.PathLike) -> None:
-    """Load ``mm_projector.{safetensors,bin}`` (keys ``model.mm_projector.*``) into ``model``."""
+def read_projector_weights(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Path]:
+    """``mm_projector.{safetensors,bin}`` (keys ``model.mm_projector.*``, maybe ``model.image_newline``); and the file.
+
+    Raises:
+        FileNotFoundError: the folder has neither file.
+    """
     file = find_weight_file(folder, "mm_projector")
     if file is None:
         raise FileNotFoundError(f"{folder} has no mm_projector.bin (nor .safetensors), and no adapter_config.json")
-    state = {k: v.to(model.dtype) for k, v in read_weight_file(file).items()}
-    load_into(model, state, file)
+    return read_weight_file(file), file
 
 
 #: where a finetuned vision tower's weights sit in a LLaVA checkpoint (LLaVA-1.6: unfreeze_mm_vision_tower), and
