@@ -44,8 +44,9 @@ def _describe(source: str) -> str:
     return source if len(source) <= 80 else source[:60] + f"... ({len(source)} chars)"
 
 
-def _open_checked(data: BytesIO | str, name: str, max_pixels: int | None) -> Image.Image:
-    """Open lazily (header only), refuse oversized images, then decode. Raises ValueError naming ``name``."""
+def _open_checked(data: BytesIO | str, name: str, max_pixels: int | None, *, decode: bool = True) -> Image.Image:
+    """Open lazily (header only), refuse oversized images, then decode (unless ``decode=False``: the header-only
+    image, whose ``size`` is known and whose pixels are not). Raises ValueError naming ``name``."""
     try:
         image = Image.open(data)
     except Image.DecompressionBombError as err:
@@ -58,6 +59,8 @@ def _open_checked(data: BytesIO | str, name: str, max_pixels: int | None) -> Ima
         raise ImageTooLargeError(
             f"image {name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels"
         )
+    if not decode:
+        return image
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -66,18 +69,32 @@ def _open_checked(data: BytesIO | str, name: str, max_pixels: int | None) -> Ima
     return image
 
 
+def _base64_bytes(image: str) -> BytesIO:
+    """The bytes of a base64 string or ``data:image/...;base64,`` URI; ValueError naming it when not base64."""
+    payload = image.split(",", 1)[1] if image.startswith("data:") else image
+    try:
+        return BytesIO(base64.b64decode(payload, validate=True))
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"image {_describe(image)} is not valid base64: {err}") from err
+
+
+def image_size_from_base64(image: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of a base64 image read from its header alone (no pixel is decoded).
+
+    Raises:
+        ValueError: not valid base64, not an image, or more than ``max_pixels`` pixels (as ``load_image_from_base64``).
+    """
+    with _open_checked(_base64_bytes(image), f"<base64 {_describe(image)}>", max_pixels, decode=False) as header:
+        return int(header.size[0]), int(header.size[1])
+
+
 def load_image_from_base64(image: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode a base64 string (optionally a ``data:image/...;base64,`` URI) into a PIL image (mode unchanged).
 
     Raises:
         ValueError: not valid base64, not an image, or more than ``max_pixels`` pixels.
     """
-    payload = image.split(",", 1)[1] if image.startswith("data:") else image
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ValueError(f"image {_describe(image)} is not valid base64: {err}") from err
-    return _open_checked(BytesIO(raw), f"<base64 {_describe(image)}>", max_pixels)
+    return _open_checked(_base64_bytes(image), f"<base64 {_describe(image)}>", max_pixels)
 
 
 def download_bytes(

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import os
@@ -55,12 +53,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 import httpx
 import torch
-from PIL import Image
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from ..constants import (
@@ -70,7 +66,7 @@ from ..constants import (
     IMAGE_TOKEN_INDEX,
     WORKER_HEART_BEAT_INTERVAL,
 )
-from .._image_processing import DEFAULT_MAX_IMAGE_PIXELS
+from .._image_processing import image_size_from_base64
 from ..eval.common import default_device
 from ..mm_utils import (
     KeywordsStoppingCriteria,
@@ -380,25 +376,19 @@ class ModelWorker:
         if self.max_images is not None and len(request.images) > self.max_images:
             raise ValueError(f"{len(request.images)} images were given, more than this worker's limit of "
                              f"{self.max_images} per request")
+        visual_bound = 0
         if request.images:  # before decoding any image: the pixel budget, then the context the request needs
             sizes = self._check_image_headers(request.images)
-            model_prompt = self._model_prompt(prompt)
-            text_tokens = len(tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX)) - len(sizes)
-            tower = self.model.get_vision_tower()
-            bound = visual_token_upper_bound_for_sizes(sizes, self.model.config, tower)
-            if clamp_max_new_tokens(request.max_new_tokens, text_tokens + bound, self.context_len) < 1:
-                yield {"text": prompt + EXCEEDS_CONTEXT_MESSAGE, "error_code": ERROR_NONE}
-                return
-
-        model_prompt, image_args, visual_upper_bound = self._prepare_images(prompt, request.images)
+            visual_bound = visual_token_upper_bound(sizes, self.model.config, self.model.get_vision_tower())
+        model_prompt = self._model_prompt(prompt)
         input_ids = tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         input_ids = input_ids.unsqueeze(0).to(self.model.device)  # [1, T]
         text_tokens = input_ids.shape[1] - len(request.images)
-        max_new_tokens = clamp_max_new_tokens(request.max_new_tokens, text_tokens + visual_upper_bound,
-                                              self.context_len)
+        max_new_tokens = clamp_max_new_tokens(request.max_new_tokens, text_tokens + visual_bound, self.context_len)
         if max_new_tokens < 1:
             yield {"text": prompt + EXCEEDS_CONTEXT_MESSAGE, "error_code": ERROR_NONE}
             return
+        image_args = self._prepare_images(request.images)
 
         stops = request.stop_strings
         criteria = [StopWhenSet(cancel)]
@@ -451,25 +441,13 @@ class ModelWorker:
     def _check_image_headers(self, images_b64: list[str]) -> list[tuple[int, int]]:
         """The ``(width, height)`` of each image, read from its header only, and the request's pixel budget.
 
-        An image whose header cannot be read is decoded by ``load_image_from_base64`` here, which raises its
-        usual error (not base64, not an image, over the per-image limit).
+        ``image_size_from_base64`` raises the errors ``load_image_from_base64`` would (not base64, not an image,
+        over the per-image limit) without decoding any pixel.
 
         Raises:
             ValueError: a bad image, or more than ``max_total_pixels`` pixels in all.
         """
-        sizes = []
-        for b64 in images_b64:
-            size = None
-            try:
-                raw = base64.b64decode(b64.split(",", 1)[1] if b64.startswith("data:") else b64, validate=True)
-                with Image.open(BytesIO(raw)) as header:  # lazy: reads the header, decodes no pixels
-                    size = header.size
-            except (binascii.Error, ValueError, OSError, SyntaxError, Image.DecompressionBombError):
-                pass
-            if size is None or size[0] * size[1] > DEFAULT_MAX_IMAGE_PIXELS:
-                with load_image_from_base64(b64) as image:  # raises the precise error
-                    size = image.size
-            sizes.append((int(size[0]), int(size[1])))
+        sizes = [image_size_from_base64(b64) for b64 in images_b64]
         total = sum(w * h for w, h in sizes)
         if self.max_total_pixels is not None and total > self.max_total_pixels:
             raise ValueError(f"the request's {len(sizes)} images have {total} pixels in all ("
@@ -477,17 +455,15 @@ class ModelWorker:
                              + f"), over this worker's limit of {self.max_total_pixels} pixels per request")
         return sizes
 
-    def _prepare_images(self, prompt: str, images_b64: list[str]) -> tuple[str, dict[str, Any], int]:
-        """Decode and preprocess the request's images.
+    def _prepare_images(self, images_b64: list[str]) -> dict[str, Any]:
+        """Decode and preprocess the request's images (after the checks on their headers).
 
         Returns:
-            The prompt as the model reads it (``<im_start><image><im_end>`` when the model uses them), the
-            ``images`` / ``image_sizes`` arguments for ``generate`` (the decoded images' original
-            ``(width, height)``, in request order), and an upper bound of the visual tokens the language model will
-            read for them (:func:`visual_token_upper_bound`), which the context-length check adds to the prompt.
+            The ``images`` / ``image_sizes`` arguments for ``generate``: pixel values on the tower's device and
+            dtype, and the decoded images' original ``(width, height)``, in request order ({} without images).
         """
         if not images_b64:
-            return prompt, {}, 0
+            return {}
         images = [load_image_from_base64(b64).convert("RGB") for b64 in images_b64]  # size-checked before decoding
         image_sizes = [image.size for image in images]  # original sizes: process_images resizes / tiles copies
         pixel_values = process_images(images, self.image_processor, self.model.config)
@@ -496,10 +472,7 @@ class ModelWorker:
             pixel_values = [p.to(tower.device, dtype=tower.dtype) for p in pixel_values]
         else:  # [B, 3, H, W], or [B, tiles, 3, H, W] for anyres images that share a shape
             pixel_values = pixel_values.to(tower.device, dtype=tower.dtype)
-        prompt = self._model_prompt(prompt)
-        image_args = {"images": pixel_values, "image_sizes": image_sizes}
-        bound = visual_token_upper_bound(pixel_values, image_sizes, self.model.config, tower)
-        return prompt, image_args, bound
+        return {"images": pixel_values, "image_sizes": image_sizes}
 
     def _run_generate(self, gen_kwargs: dict[str, Any], result: _Generation, has_images: bool) -> None:
         """Thread body: ``model.generate`` feeding the streamer; failures are stored in ``result``.
@@ -548,72 +521,37 @@ def serving_context_len(context_len: int, config) -> int:
     return max(int(context_len), extended)
 
 
-def tiles_per_image(pixel_values: torch.Tensor | Sequence[torch.Tensor]) -> tuple[list[int], bool]:
-    """The tiles of each image in a ``generate`` images argument, and whether the model lays them out per image.
-
-    ``[B, 3, H, W]``: one tile each, read as plain ("flat") images; ``[B, T, 3, H, W]`` or a list of
-    ``[T_i, 3, H, W]`` / ``[3, H, W]``: anyres tile stacks, laid out by ``mm_patch_merge_type``.
-    """
-    if isinstance(pixel_values, torch.Tensor):
-        if pixel_values.dim() == 4:
-            return [1] * pixel_values.shape[0], False
-        return [pixel_values.shape[1]] * pixel_values.shape[0], True
-    return [p.shape[0] if p.dim() == 4 else 1 for p in pixel_values], True
-
-
-def visual_token_upper_bound(pixel_values, image_sizes: Sequence[Sequence[int]], config, tower) -> int:
-    """An upper bound of the visual tokens the language model reads for these images (before encoding them).
-
-    Per tile: the tower's N patches (576), plus PruMerge's extra token when a reduction runs (its centres are at
-    most ``max(N, the tile's share of --token-budget)``). Per anyres image with ``spatial_unpad``: plus one
-    ``image_newline`` per row of the stitched tile grid (``nh * 24`` rows before the padding is cut; one newline
-    after a lone base tile). Unreduced, a 672x672 LLaVA-1.6 image gives exactly 5 * 576 + 48 = 2928, more than
-    its 2880 patches; a 500x300 one reads 1560 tokens against the bound 3 * 576 + 24 = 1752.
-    """
-    tiles, per_image_layout = tiles_per_image(pixel_values)
-    return _visual_token_bound(tiles, per_image_layout, image_sizes, config, tower)
-
-
-def visual_token_upper_bound_for_sizes(image_sizes: Sequence[Sequence[int]], config, tower) -> int:
-    """:func:`visual_token_upper_bound` from the images' ``(width, height)`` alone, before decoding them.
+def visual_token_upper_bound(image_sizes: Sequence[Sequence[int]], config, tower) -> int:
+    """An upper bound of the visual tokens the language model reads for images of these ``(width, height)``,
+    known before any image is decoded.
 
     The tiles are those ``process_images`` makes: one per image, or for an anyres model the base tile plus the
-    tiles of the pinpoint canvas the image is fitted to.
+    tiles of the pinpoint canvas the image is fitted to. Per tile: the tower's N patches (576), plus PruMerge's
+    extra token when a reduction runs (its centres are at most ``max(N, the tile's share of --token-budget)``).
+    Per anyres image with ``spatial_unpad``: plus one ``image_newline`` per row of the stitched tile grid
+    (``nh * 24`` rows before the padding is cut; one newline after a lone base tile). Unreduced, a 672x672
+    LLaVA-1.6 image gives exactly 5 * 576 + 48 = 2928, more than its 2880 patches; a 500x300 one reads 1560
+    tokens against the bound 3 * 576 + 24 = 1752.
     """
     mode = getattr(config, "image_aspect_ratio", None)
-    if not (isinstance(mode, str) and mode.startswith("anyres")):
-        return _visual_token_bound([1] * len(image_sizes), False, image_sizes, config, tower)
-    tiles = []
-    for size in image_sizes:
-        try:
-            across, down = get_anyres_image_grid_shape(tuple(size), config.image_grid_pinpoints,
-                                                       tower.config.image_size)
-        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
-            raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}") from err
-        tiles.append(1 + int(across) * int(down))
-    return _visual_token_bound(tiles, True, image_sizes, config, tower)
-
-
-def _visual_token_bound(tiles: Sequence[int], per_image_layout: bool, image_sizes: Sequence[Sequence[int]], config,
-                        tower) -> int:
+    anyres = isinstance(mode, str) and mode.startswith("anyres")
+    unpad = anyres and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
     reduction = tower.token_reduction
-    unpad = per_image_layout and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
-    side = tower.num_patches_per_side
     total = 0
-    for i, count in enumerate(tiles):
-        for share in split_budget(reduction.budget, count):
+    for size in image_sizes:
+        tiles, grid_rows = 1, 0
+        if anyres:
+            try:
+                across, down = get_anyres_image_grid_shape(tuple(size), config.image_grid_pinpoints,
+                                                           tower.config.image_size)
+            except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
+                raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}"
+                                 ) from err
+            tiles, grid_rows = 1 + int(across) * int(down), int(down)
+        for share in split_budget(reduction.budget, tiles):
             total += max(tower.num_patches, share or 0) + 1 if reduction.enabled else tower.num_patches
-        if not unpad:
-            continue
-        if count == 1:
-            total += 1
-            continue
-        try:
-            _, grid_rows = get_anyres_image_grid_shape(tuple(image_sizes[i]), config.image_grid_pinpoints,
-                                                       tower.config.image_size)
-        except (TypeError, ValueError, IndexError):  # no usable pinpoints or size: at most one grid row per tile
-            grid_rows = count - 1
-        total += int(grid_rows) * side
+        if unpad:
+            total += grid_rows * tower.num_patches_per_side if tiles > 1 else 1
     return total
 
 

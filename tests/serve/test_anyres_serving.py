@@ -137,8 +137,9 @@ def test_visual_token_bound_is_a_true_upper_bound(cluster16, tiny16_loaded):
     _, model, image_processor, _ = tiny16_loaded
     for name, read in (("square", 2928), ("wide", 1560), ("tall", 1776)):
         image = make_image(name)
-        _, image_args, bound = worker._prepare_images("<image>\nHi", [to_b64(image)])
+        image_args = worker._prepare_images([to_b64(image)])
         assert image_args["image_sizes"] == [SIZES[name]]
+        bound = visual_token_upper_bound([SIZES[name]], worker.model.config, worker.model.get_vision_tower())
         with torch.inference_mode():  # what the (unreduced) model reads for this image
             model.prepare_inputs_labels_for_multimodal(
                 torch.tensor([[1, IMAGE_TOKEN_INDEX, 5]]), None, None, None, None,
@@ -149,8 +150,7 @@ def test_visual_token_bound_is_a_true_upper_bound(cluster16, tiny16_loaded):
             assert bound == 2928 > 2880
     # with a reduction the bound still holds (each tile may add PruMerge's extra token)
     reduced = workers[MODEL]
-    pixels = process_images([make_image("square")], image_processor, model.config)
-    assert visual_token_upper_bound(pixels, [(672, 672)], reduced.model.config,
+    assert visual_token_upper_bound([(672, 672)], reduced.model.config,
                                     reduced.model.get_vision_tower()) == 5 * 577 + 48
 
 
@@ -168,10 +168,10 @@ def test_missing_image_sizes_reach_the_client_as_a_readable_error(cluster16, mon
     worker = workers[MODEL_NONE]
     original = worker._prepare_images
 
-    def without_sizes(prompt, images_b64):
-        prompt, image_args, bound = original(prompt, images_b64)
+    def without_sizes(images_b64):
+        image_args = original(images_b64)
         image_args.pop("image_sizes")
-        return prompt, image_args, bound
+        return image_args
 
     monkeypatch.setattr(worker, "_prepare_images", without_sizes)
     objects = stream(worker.worker_addr, {"model": MODEL_NONE, "prompt": chat_prompt("Hi?"),
