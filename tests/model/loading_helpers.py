@@ -1,8 +1,9 @@
-"""Helpers shared by the loader tests (test_builder*.py): load a folder on the CPU, copy a checkpoint with
-config changes, perturb weights, run a forward."""
+"""Helpers shared by the model and loader tests: load a folder on the CPU, copy a checkpoint with config changes,
+perturb weights, run a forward, switch a shared model's token reduction for a block."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from llava.model.builder import load_pretrained_model
+from llava.model.token_reduction import TokenReduction
 
 PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
 # peft 0.21 calls a transformers method that transformers 5.23 renamed; nothing to act on here
@@ -47,3 +49,18 @@ def logits_of(model, inputs) -> torch.Tensor:
     ids, pixels = inputs
     with torch.no_grad():
         return model(input_ids=ids, images=pixels).logits
+
+
+@contextlib.contextmanager
+def reduction(model, mode: str, budget: int | None = None, merge: str | None = None):
+    """Switch the (shared) model's token reduction, and optionally its mm_patch_merge_type, restoring both after."""
+    tower = model.get_vision_tower()
+    before, merge_before = tower.token_reduction, model.config.mm_patch_merge_type
+    tower.set_token_reduction(TokenReduction(mode, budget, "flag"))
+    if merge is not None:
+        model.config.mm_patch_merge_type = merge
+    try:
+        yield
+    finally:
+        tower.set_token_reduction(before)
+        model.config.mm_patch_merge_type = merge_before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from upstream_anyres import grid_tokens
 
 from llava.model.anyres_layout import (
     MERGE_TYPES,
@@ -97,7 +98,7 @@ def test_spatial_unpad_drops_the_padded_rows():
 
 
 def test_spatial_unpad_matches_upstreams_view_permute_transcription():
-    """A plain transcription of upstream 1.2.2's tensor code on a 2 x 3 grid with real widths."""
+    """Upstream 1.2.2's tensor code (transcribed in upstream_anyres.py) on a 2 x 3 grid with real widths."""
     side, dim, nw, nh = 3, 5, 3, 2
     generator = torch.Generator().manual_seed(0)
     tiles = [torch.randn(side * side, dim, generator=generator) for _ in range(1 + nw * nh)]
@@ -106,20 +107,7 @@ def test_spatial_unpad_matches_upstreams_view_permute_transcription():
     ours = layout_anyres_image(tiles, None, merge_type="spatial_unpad", patches_per_side=side, grid_shape=(nw, nh),
                                image_size=size, image_newline=newline)
 
-    feature = torch.stack(tiles[1:]).view(nh, nw, side, side, dim)
-    feature = feature.permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)  # [D, nh*s, nw*s]
-    width, height = size
-    cur_h, cur_w = feature.shape[1:]
-    if width / height > cur_w / cur_h:
-        new_h = int(height * (cur_w / width))
-        pad = (cur_h - new_h) // 2
-        feature = feature[:, pad:cur_h - pad, :]
-    else:
-        new_w = int(width * (cur_h / height))
-        pad = (cur_w - new_w) // 2
-        feature = feature[:, :, pad:cur_w - pad]
-    feature = torch.cat((feature, newline[:, None, None].expand(*feature.shape[:-1], 1)), dim=-1)
-    expected = torch.cat((tiles[0], feature.flatten(1, 2).transpose(0, 1)), dim=0)
+    expected = torch.cat((tiles[0], grid_tokens(torch.stack(tiles[1:]), nw, nh, side, size, newline)), dim=0)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
     spatial = layout_anyres_image(tiles, None, merge_type="spatial", patches_per_side=side, grid_shape=(nw, nh))

@@ -7,14 +7,15 @@ one extra token per tile whose area shows the image).
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from PIL import Image
 
+from loading_helpers import reduction
+from upstream_anyres import best_resolution, unpad_bounds
+
 from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.token_reduction import TokenReduction, split_budget
+from llava.model.token_reduction import split_budget
 
 PROMPTS = [
     "USER: <image>\nWhat is this? ASSISTANT:",
@@ -29,49 +30,22 @@ def picture(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray((torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8).numpy(), "RGB")
 
 
-@contextlib.contextmanager
-def reduction(model, mode: str, budget: int | None = None, merge: str | None = None):
-    """Switch the shared model's token reduction (and merge type), restoring them afterwards."""
-    tower = model.get_vision_tower()
-    before, merge_before = tower.token_reduction, model.config.mm_patch_merge_type
-    tower.set_token_reduction(TokenReduction(mode, budget, "flag"))
-    if merge is not None:
-        model.config.mm_patch_merge_type = merge
-    try:
-        yield
-    finally:
-        tower.set_token_reduction(before)
-        model.config.mm_patch_merge_type = merge_before
-
-
 @pytest.fixture(scope="module")
 def images():
     return [picture(*size, seed=i) for i, size in enumerate(SIZES)]
 
 
 def grid_of(size, pinpoints, tile=336):
-    """(nw, nh) of upstream's select_best_resolution, written out."""
-    width, height = size
-    best, best_fit, least_waste = None, 0, float("inf")
-    for w, h in pinpoints:
-        scale = min(w / width, h / height)
-        fit = min(int(width * scale) * int(height * scale), width * height)
-        if fit > best_fit or (fit == best_fit and w * h - fit < least_waste):
-            best, best_fit, least_waste = (w, h), fit, w * h - fit
-    return best[0] // tile, best[1] // tile
+    """(nw, nh) of upstream's select_best_resolution."""
+    w, h = best_resolution(size, pinpoints)
+    return w // tile, h // tile
 
 
 def expected_count(kept: list[list[int]], size, grid, side=24) -> int:
     """Tokens the spatial_unpad layout gives for one image whose tiles kept these patch indices (+1 extra each)."""
     nw, nh = grid
     height, width = nh * side, nw * side
-    w0, h0 = size
-    if w0 / h0 > width / height:
-        pad = (height - int(h0 * (width / w0))) // 2
-        r0, r1, c0, c1 = pad, height - pad, 0, width
-    else:
-        pad = (width - int(w0 * (height / h0))) // 2
-        r0, r1, c0, c1 = 0, height, pad, width - pad
+    r0, r1, c0, c1 = unpad_bounds(height, width, size)
     count = len(kept[0]) + 1
     rows = set()
     for g, tile_kept in enumerate(kept[1:]):

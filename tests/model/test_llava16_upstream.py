@@ -1,8 +1,8 @@
 """LLaVA-1.6 with ``--token-reduction none`` equals upstream 1.2.2's pipeline, computed here independently.
 
 The oracle uses only transformers' ``CLIPVisionModel`` and ``LlamaForCausalLM``, the checkpoint's safetensors read
-by hand, and upstream's anyres arithmetic written out plainly (best resolution, grid shape, view / permute /
-unpad / newline, splicing). ``process_images`` is shared (it is pinned against upstream elsewhere).
+by hand, and upstream's anyres arithmetic written out plainly in upstream_anyres.py (best resolution, view /
+permute / unpad / newline) and here (splicing). ``process_images`` is shared (it is pinned against upstream elsewhere).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from upstream_anyres import best_resolution, grid_tokens
 
 from llava.mm_utils import process_images, tokenizer_image_token
 
@@ -50,47 +51,22 @@ class UpstreamOracle:
         self.side = vision_config.image_size // vision_config.patch_size
         self.tile = vision_config.image_size
 
-    def best_resolution(self, size):
-        width, height = size
-        best, best_fit, least_waste = None, 0, float("inf")
-        for w, h in self.config["image_grid_pinpoints"]:
-            scale = min(w / width, h / height)
-            fit = min(int(width * scale) * int(height * scale), width * height)
-            waste = w * h - fit
-            if fit > best_fit or (fit == best_fit and waste < least_waste):
-                best, best_fit, least_waste = (w, h), fit, waste
-        return best
-
     def image_tokens(self, tiles, size):
         with torch.no_grad():
             hidden = self.clip(pixel_values=tiles, output_hidden_states=True).hidden_states[-2][:, 1:]
             w0, b0, w2, b2 = self.proj
             feats = torch.nn.functional.gelu(hidden @ w0.T + b0) @ w2.T + b2  # [T, 576, D]
-        base, grid = feats[0], feats[1:]
-        w, h = self.best_resolution(size)
-        nw, nh = w // self.tile, h // self.tile
-        grid = grid.view(nh, nw, self.side, self.side, -1).permute(4, 0, 2, 1, 3).contiguous()
-        grid = grid.flatten(1, 2).flatten(2, 3)  # [D, nh*24, nw*24]
-        width, height = size
-        cur_h, cur_w = grid.shape[1:]
-        if width / height > cur_w / cur_h:
-            new_h = int(height * (cur_w / width))
-            pad = (cur_h - new_h) // 2
-            grid = grid[:, pad:cur_h - pad, :]
-        else:
-            new_w = int(width * (cur_h / height))
-            pad = (cur_w - new_w) // 2
-            grid = grid[:, :, pad:cur_w - pad]
-        grid = torch.cat((grid, self.newline[:, None, None].expand(*grid.shape[:-1], 1)), dim=-1)
-        return torch.cat((base, grid.flatten(1, 2).transpose(0, 1)), dim=0)
+        w, h = best_resolution(size, self.config["image_grid_pinpoints"])
+        grid = grid_tokens(feats[1:], w // self.tile, h // self.tile, self.side, size, self.newline)
+        return torch.cat((feats[0], grid), dim=0)
 
     def logits(self, ids, tiles, size):
         at = ids.index(-200)
         embed = self.lm.get_input_embeddings()
+        visual = self.image_tokens(tiles, size)
         with torch.no_grad():
-            embeds = torch.cat([embed(torch.tensor(ids[:at])), self.image_tokens(tiles, size),
-                                embed(torch.tensor(ids[at + 1:]))])
-            return self.lm(inputs_embeds=embeds[None]).logits[0], self.image_tokens(tiles, size).shape[0]
+            embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1:]))])
+            return self.lm(inputs_embeds=embeds[None]).logits[0], visual.shape[0]
 
 
 SIZES = [(672, 672), (500, 300), (300, 700), (1000, 250)]

@@ -6,10 +6,9 @@ and takes the argmax; batched generation against one prompt at a time.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from loading_helpers import reduction
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -22,18 +21,6 @@ PROMPTS = [
     "USER: <image>\nDescribe the picture in many words, with the colours and the shapes. ASSISTANT:",
     "USER: <image>\nWhy? ASSISTANT:",
 ]
-
-
-@contextlib.contextmanager
-def reduction(model, mode: str, budget: int | None = None):
-    """Switch the (shared) model's token reduction, restoring it afterwards."""
-    tower = model.get_vision_tower()
-    before = tower.token_reduction
-    tower.set_token_reduction(TokenReduction(mode, budget, "flag"))
-    try:
-        yield
-    finally:
-        tower.set_token_reduction(before)
 
 
 @pytest.fixture(scope="module")
