@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anyres_images import SIZES, make_image, to_b64
+from anyres_images import SIZES, direct_greedy, make_image, to_b64
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
@@ -64,17 +64,6 @@ def _vqa_args(ckpt, data, answers, *extra):
             "--max_new_tokens", "4", "--device", "cpu", "--conv-mode", "vicuna_v1", *extra]
 
 
-def direct_greedy(loaded, prompt: str, images: list[Image.Image], max_new_tokens: int) -> str:
-    """What the model says to ``prompt`` when called directly with the images' own sizes (greedy)."""
-    tokenizer, model, image_processor, _ = loaded
-    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
-    with torch.inference_mode():
-        out = model.generate(input_ids, images=process_images(images, image_processor, model.config),
-                             image_sizes=[im.size for im in images], do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0], skip_special_tokens=True).strip()
-
-
 # --- run_llava ----------------------------------------------------------------------------------------------------
 
 
@@ -90,7 +79,7 @@ def test_run_llava_two_images_report_patches_and_tokens_in_image_order(capsys, t
     conv = conv_templates["llava_v1"].copy()  # "v1" in the name
     conv.append_message(conv.roles[0], "<image>\n<image>\nCompare them.")
     conv.append_message(conv.roles[1], None)
-    expected = direct_greedy(tiny16_loaded, conv.get_prompt(), [make_image("square"), make_image("wide")], 5)
+    expected = direct_greedy(tiny16_loaded, conv.get_prompt(), [make_image("square"), make_image("wide")], 5)[0].strip()
     assert out[: match.start()].strip() == expected
 
 

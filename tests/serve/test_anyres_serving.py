@@ -20,13 +20,12 @@ import time
 import httpx
 import pytest
 import torch
-from PIL import Image
 
-from anyres_images import SIZES, make_image, to_b64
+from anyres_images import SIZES, direct_greedy, make_image, to_b64
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.serve import _gradio_chat as chat
 from llava.serve import cli
 from llava.serve._background import BackgroundServer
@@ -46,17 +45,6 @@ def chat_prompt(question: str, images: int = 1) -> str:
     conv.append_message(conv.roles[0], "<image>\n" * images + question)
     conv.append_message(conv.roles[1], None)
     return conv.get_prompt()
-
-
-def direct_greedy(loaded, prompt: str, images: list[Image.Image], max_new_tokens: int) -> tuple[str, list[int]]:
-    """The model's own greedy answer (given the images' real sizes) and the visual tokens it read per image."""
-    tokenizer, model, image_processor, _ = loaded
-    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
-    with torch.inference_mode():
-        out = model.generate(input_ids, images=process_images(images, image_processor, model.config),
-                             image_sizes=[im.size for im in images], do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0], skip_special_tokens=True), list(model.last_visual_token_counts)
 
 
 def same_answer(streamed: str, decoded: str) -> bool:
