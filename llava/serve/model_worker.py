@@ -31,6 +31,8 @@ controller relays it and clients parse it like any other), sent before any image
   room for an answer, else the upstream "Exceeds max token length" text (``error_code`` 0, as upstream);
 * ``max_new_tokens`` must be at least 1; the body must be a JSON object.
 
+The checks themselves are pure functions in :mod:`llava.serve.request_limits`.
+
 Controller: with ``--worker-token`` (default: the environment variable ``LLAVA_WORKER_TOKEN``) registrations and
 heartbeats carry ``worker_token``, as a controller started with the same secret requires. On SIGTERM / Ctrl-C and at
 the end of the app's lifespan the worker stops its heartbeats and POSTs ``/deregister_worker``, so the controller
@@ -44,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -66,18 +67,16 @@ from ..constants import (
     IMAGE_TOKEN_INDEX,
     WORKER_HEART_BEAT_INTERVAL,
 )
-from .._image_processing import image_size_from_base64
 from ..eval.common import default_device
 from ..mm_utils import (
     KeywordsStoppingCriteria,
-    get_anyres_image_grid_shape,
     get_model_name_from_path,
     load_image_from_base64,
     process_images,
     tokenizer_image_token,
 )
 from ..model.builder import load_pretrained_model
-from ..model.token_reduction import add_token_reduction_args, split_budget
+from ..model.token_reduction import add_token_reduction_args
 from ..utils import build_logger, pretty_print_semaphore
 from ._generation import (
     EXCEEDS_CONTEXT_MESSAGE,
@@ -89,6 +88,15 @@ from ._generation import (
     stop_prefix_length,
 )
 from ._stream import ERROR_GENERATION, ERROR_NONE, encode_stream_object, error_object
+from .request_limits import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TOTAL_PIXELS,
+    image_sizes_within_budget,
+    read_json_object,
+    serving_context_len,
+    visual_token_upper_bound,
+)
 
 try:
     import uvicorn
@@ -103,9 +111,6 @@ logger = logging.getLogger("llava.serve.model_worker")
 
 HTTP_TIMEOUT = 5.0  # seconds for calls to the controller
 WORKER_TOKEN_ENV = "LLAVA_WORKER_TOKEN"  # as llava.serve.controller
-DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_IMAGES = 8
-DEFAULT_MAX_TOTAL_PIXELS = 64_000_000
 
 
 @dataclass
@@ -378,7 +383,7 @@ class ModelWorker:
                              f"{self.max_images} per request")
         visual_bound = 0
         if request.images:  # before decoding any image: the pixel budget, then the context the request needs
-            sizes = self._check_image_headers(request.images)
+            sizes = image_sizes_within_budget(request.images, self.max_total_pixels)
             visual_bound = visual_token_upper_bound(sizes, self.model.config, self.model.get_vision_tower())
         model_prompt = self._model_prompt(prompt)
         input_ids = tokenizer_image_token(model_prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
@@ -438,23 +443,6 @@ class ModelWorker:
                                   + DEFAULT_IM_END_TOKEN)
         return prompt
 
-    def _check_image_headers(self, images_b64: list[str]) -> list[tuple[int, int]]:
-        """The ``(width, height)`` of each image, read from its header only, and the request's pixel budget.
-
-        ``image_size_from_base64`` raises the errors ``load_image_from_base64`` would (not base64, not an image,
-        over the per-image limit) without decoding any pixel.
-
-        Raises:
-            ValueError: a bad image, or more than ``max_total_pixels`` pixels in all.
-        """
-        sizes = [image_size_from_base64(b64) for b64 in images_b64]
-        total = sum(w * h for w, h in sizes)
-        if self.max_total_pixels is not None and total > self.max_total_pixels:
-            raise ValueError(f"the request's {len(sizes)} images have {total} pixels in all ("
-                             + ", ".join(f"{w}x{h}" for w, h in sizes)
-                             + f"), over this worker's limit of {self.max_total_pixels} pixels per request")
-        return sizes
-
     def _prepare_images(self, images_b64: list[str]) -> dict[str, Any]:
         """Decode and preprocess the request's images (after the checks on their headers).
 
@@ -503,80 +491,6 @@ class ModelWorker:
         finally:
             if held:
                 self._prefill_lock.release()
-
-
-def serving_context_len(context_len: int, config) -> int:
-    """The context the worker fits prompt + visual tokens + answer into.
-
-    ``load_pretrained_model`` gives ``max_sequence_length`` or upstream's 2048; LLaVA-1.6 checkpoints have no
-    ``max_sequence_length`` but were trained (and truncate their inputs) at ``tokenizer_model_max_length`` 4096, and
-    one unreduced 672x672 image alone reads 2928 visual tokens. So the larger of the two, the trained length
-    capped at ``max_position_embeddings`` when the config gives it (LLaVA-1.5: 2048 either way, unchanged).
-    """
-    trained = getattr(config, "tokenizer_model_max_length", None)
-    if not trained:
-        return context_len
-    positions = getattr(config, "max_position_embeddings", None)
-    extended = min(int(trained), int(positions)) if positions else int(trained)
-    return max(int(context_len), extended)
-
-
-def visual_token_upper_bound(image_sizes: Sequence[Sequence[int]], config, tower) -> int:
-    """An upper bound of the visual tokens the language model reads for images of these ``(width, height)``,
-    known before any image is decoded.
-
-    The tiles are those ``process_images`` makes: one per image, or for an anyres model the base tile plus the
-    tiles of the pinpoint canvas the image is fitted to. Per tile: the tower's N patches (576), plus PruMerge's
-    extra token when a reduction runs (its centres are at most ``max(N, the tile's share of --token-budget)``).
-    Per anyres image with ``spatial_unpad``: plus one ``image_newline`` per row of the stitched tile grid
-    (``nh * 24`` rows before the padding is cut; one newline after a lone base tile). Unreduced, a 672x672
-    LLaVA-1.6 image gives exactly 5 * 576 + 48 = 2928, more than its 2880 patches; a 500x300 one reads 1560
-    tokens against the bound 3 * 576 + 24 = 1752.
-    """
-    mode = getattr(config, "image_aspect_ratio", None)
-    anyres = isinstance(mode, str) and mode.startswith("anyres")
-    unpad = anyres and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
-    reduction = tower.token_reduction
-    total = 0
-    for size in image_sizes:
-        tiles, grid_rows = 1, 0
-        if anyres:
-            try:
-                across, down = get_anyres_image_grid_shape(tuple(size), config.image_grid_pinpoints,
-                                                           tower.config.image_size)
-            except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
-                raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}"
-                                 ) from err
-            tiles, grid_rows = 1 + int(across) * int(down), int(down)
-        for share in split_budget(reduction.budget, tiles):
-            total += max(tower.num_patches, share or 0) + 1 if reduction.enabled else tower.num_patches
-        if unpad:
-            total += grid_rows * tower.num_patches_per_side if tiles > 1 else 1
-    return total
-
-
-async def read_json_object(request: Request, max_bytes: int | None) -> dict[str, Any] | str:
-    """The request body as a JSON object, or why not (too large, not JSON, not an object) as a string.
-
-    A body announcing more than ``max_bytes`` is refused without being read; one that passes the limit while
-    arriving is refused there (the rest is not kept).
-    """
-    announced = request.headers.get("content-length", "")
-    if max_bytes is not None and announced.isdigit() and int(announced) > max_bytes:
-        return f"the request body is {int(announced)} bytes, over this worker's limit of {max_bytes} bytes"
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if max_bytes is not None and total > max_bytes:
-            return f"the request body is over this worker's limit of {max_bytes} bytes"
-        chunks.append(chunk)
-    try:
-        params = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"the request body is not valid JSON: {err}"
-    if not isinstance(params, dict):
-        return f"the request body must be a JSON object, not {type(params).__name__}"
-    return params
 
 
 class _WorkerServer(uvicorn.Server):
