@@ -4,7 +4,6 @@ and the PNGs to the folder given by --out (never to the repo's docs/)."""
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,8 @@ def bench():
 
 
 def test_quick_run_at_tiny_sizes(bench, tmp_path, capsys):
-    start = time.perf_counter()
     result = bench.main(["--quick", "--out", str(tmp_path), "--batch-sizes", "1,2", "--dim", "32",
                          "--tower", "tiny", "--images", "48", "--threads", "1"])
-    elapsed = time.perf_counter() - start
     printed = capsys.readouterr().out
 
     # figures: op vs loop for both modes at each batch size, checked against the loop inside the script
@@ -58,7 +55,6 @@ def test_quick_run_at_tiny_sizes(bench, tmp_path, capsys):
         assert png.read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes left nothing behind
     assert "| B | mode |" in printed and "speed-up" in printed
-    assert elapsed < 60, f"the quick tiny run took {elapsed:.1f} s (meant to take a few seconds)"
 
 
 def test_rerun_keeps_the_other_devices_block(bench, tmp_path):

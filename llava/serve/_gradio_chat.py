@@ -46,6 +46,8 @@ CONNECT_TIMEOUT = 10.0
 CONTROLLER_TIMEOUT = 20.0
 STREAM_READ_TIMEOUT = 120.0
 HEADERS = {"User-Agent": "LLaVA Client"}
+#: models listed first in the model dropdown, in this order (upstream's table); every other model follows, sorted
+MODEL_PRIORITY = ("vicuna-13b", "koala-13b")
 
 
 class ControllerClient:
@@ -72,6 +74,19 @@ class ControllerClient:
                               headers=HEADERS)
         response.raise_for_status()
         return response.json()["address"]
+
+
+def sort_models(models: Sequence[str], priority: Sequence[str] = MODEL_PRIORITY) -> list[str]:
+    """The model dropdown's order: names in ``priority`` first, in its order; then the rest alphabetically.
+
+    Upstream sorted by ``priority.get(name, name)`` with keys like ``"aaaaaaa"``, which lets a name that sorts
+    before them ("13b-model") jump ahead; here a priority name always comes first.
+
+    >>> sort_models(["zeta", "koala-13b", "13b-model", "vicuna-13b"])
+    ['vicuna-13b', 'koala-13b', '13b-model', 'zeta']
+    """
+    rank = {name: i for i, name in enumerate(priority)}
+    return sorted(models, key=lambda name: (0, rank[name], "") if name in rank else (1, 0, name))
 
 
 def new_conversation() -> Conversation:
