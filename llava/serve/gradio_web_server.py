@@ -6,6 +6,15 @@ Open the printed URL, pick a model, upload an image, ask. Answers stream in from
 controller), and the line under the chat shows how many visual tokens the worker kept per image, e.g.
 ``visual tokens: 576 → 36 (prumerge)``.
 
+As upstream's demo, it keeps a conversation log (:mod:`llava.serve.conversation_log`): after each answer a "chat"
+record in ``LOGDIR/<date>-conv.json`` (images saved beside it, under ``LOGDIR/serve_images/<date>/``), and a record
+per click on 👍 Upvote / 👎 Downvote / ⚠️ Flag (enabled once there is an answer, disabled again after a vote).
+LOGDIR is ``$LLAVA_LOGDIR``, else :data:`llava.constants.LOGDIR` (the working directory). ``--no-log`` writes no
+files at all (no conversation log, no images, no ``gradio_web_server.log``) and hides the vote buttons.
+
+The model list is in upstream's order (:data:`~llava.serve._gradio_chat.MODEL_PRIORITY` first, then alphabetical),
+and ``/?model=NAME`` preselects NAME when a worker serves it (the first model otherwise).
+
 The page binds 127.0.0.1 unless ``--host`` says otherwise, and sends no telemetry (GRADIO_ANALYTICS_ENABLED=False).
 The arguments are upstream LLaVA's; ``--moderate`` is accepted and does nothing (upstream called the OpenAI
 moderation API; this package makes no network calls of its own). The chat logic lives in
@@ -18,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,15 @@ from ..conversation import Conversation
 from ..utils import build_logger
 from ._gradio_chat import (
     IMAGE_PROCESS_MODES,
+    MODEL_PRIORITY,
     ControllerClient,
     add_user_turn,
     new_conversation,
     prepare_regenerate,
+    sort_models,
     stream_reply,
 )
+from .conversation_log import ConversationLog, default_logdir
 
 try:
     import gradio as gr
@@ -84,19 +97,24 @@ class WebDemo:
         controller_url: base URL of the controller.
         model_list_mode: "once" (ask the controller when the demo is built; again on page load only while the list
             is empty) or "reload" (ask on every page load).
+        conv_log: where answers and votes are recorded; None records nothing.
+        model_priority: models listed first, in this order (see :func:`~llava.serve._gradio_chat.sort_models`).
     """
 
-    def __init__(self, controller_url: str, model_list_mode: str = "once") -> None:
+    def __init__(self, controller_url: str, model_list_mode: str = "once", *, conv_log: ConversationLog | None = None,
+                 model_priority: Sequence[str] = MODEL_PRIORITY) -> None:
         if model_list_mode not in MODEL_LIST_MODES:
             raise ValueError(f"--model-list-mode must be one of {MODEL_LIST_MODES}, got {model_list_mode!r}")
         self.client = ControllerClient(controller_url)
         self.model_list_mode = model_list_mode
+        self.conv_log = conv_log if conv_log is not None else ConversationLog(None)
+        self.model_priority = tuple(model_priority)
         self.models: list[str] = self.fetch_models() if model_list_mode == "once" else []
 
     def fetch_models(self) -> list[str]:
-        """The controller's models; [] (logged) when it cannot be reached, so the page still loads."""
+        """The controller's models in the dropdown's order; [] (logged) when it cannot be reached, so the page loads."""
         try:
-            models = self.client.list_models()
+            models = sort_models(self.client.list_models(), self.model_priority)
         except (httpx.HTTPError, ValueError, KeyError) as err:
             logger.error("cannot list models at the controller %s: %s", self.client.url, err)
             return []
@@ -117,29 +135,57 @@ class WebDemo:
         """Send: append the user's turn; the reply follows in :meth:`bot`."""
         state = add_user_turn(state if state is not None else new_conversation(), text, image, image_process_mode)
         if state.skip_next:  # nothing was sent: leave the inputs as they are
-            return (state, chat_history(state), gr.skip(), gr.skip(), gr.skip()) + _buttons(None)
-        return (state, chat_history(state), "", None, "") + _buttons(False)
+            return (state, chat_history(state), gr.skip(), gr.skip(), gr.skip()) + _buttons(None, None)
+        return (state, chat_history(state), "", None, "") + _buttons(False, False)
 
     def regenerate(self, state: Conversation | None, image_process_mode: str) -> tuple:
         state = prepare_regenerate(state if state is not None else new_conversation(), image_process_mode)
-        return (state, chat_history(state), "", None, "") + _buttons(False)
+        return (state, chat_history(state), "", None, "") + _buttons(False, False)
 
     def clear(self) -> tuple:
         state = new_conversation()
-        return (state, chat_history(state), "", None, "") + _buttons(False)
+        return (state, chat_history(state), "", None, "") + _buttons(False, False)
 
     def bot(self, state: Conversation | None, model_name: str | None, temperature: float, top_p: float,
-            max_new_tokens: int) -> Iterator[tuple]:
-        """Stream the assistant's answer into the chat; the visual-token line is filled in at the end."""
+            max_new_tokens: int, request: gr.Request) -> Iterator[tuple]:
+        """Stream the assistant's answer into the chat; the visual-token line is filled in at the end.
+
+        A finished answer is recorded in the conversation log before the page shows it as done, and enables the
+        vote buttons; a failure (shown in the chat) enables only Regenerate and Clear.
+        """
+        start = time.time()
         state = state if state is not None else new_conversation()
         skipped = state.skip_next
         for update in stream_reply(state, model_name, self.client, temperature, top_p, max_new_tokens):
             if not update.done:
-                yield (update.conv, chat_history(update.conv), gr.skip()) + _buttons(False)
+                yield (update.conv, chat_history(update.conv), gr.skip()) + _buttons(False, False)
             elif skipped:
-                yield (update.conv, chat_history(update.conv), gr.skip()) + _buttons(None)
+                yield (update.conv, chat_history(update.conv), gr.skip()) + _buttons(None, None)
+            elif update.error:
+                yield (update.conv, chat_history(update.conv), update.visual_tokens) + _buttons(False, True)
             else:
-                yield (update.conv, chat_history(update.conv), update.visual_tokens) + _buttons(True)
+                if self.conv_log.enabled:
+                    self.conv_log.log_chat(model_name, start, time.time(), update.conv.dict(),
+                                           update.conv.get_images(return_pil=True), client_ip(request))
+                yield (update.conv, chat_history(update.conv), update.visual_tokens) + _buttons(True, True)
+
+    def upvote(self, state: Conversation | None, model_name: str | None, request: gr.Request) -> tuple:
+        return self._vote("upvote", state, model_name, request)
+
+    def downvote(self, state: Conversation | None, model_name: str | None, request: gr.Request) -> tuple:
+        return self._vote("downvote", state, model_name, request)
+
+    def flag(self, state: Conversation | None, model_name: str | None, request: gr.Request) -> tuple:
+        return self._vote("flag", state, model_name, request)
+
+    def _vote(self, vote_type: str, state: Conversation | None, model_name: str | None,
+              request: gr.Request | None) -> tuple:
+        """Record the vote on the last answer, then disable the three vote buttons (one vote per answer)."""
+        ip = client_ip(request)
+        logger.info("%s. ip: %s", vote_type, ip)
+        state = state if state is not None else new_conversation()
+        self.conv_log.log_vote(vote_type, model_name, state.dict(), ip)
+        return gr.Button(interactive=False), gr.Button(interactive=False), gr.Button(interactive=False)
 
 
 def chat_history(conv: Conversation) -> list[dict[str, Any]]:
@@ -151,15 +197,24 @@ def chat_history(conv: Conversation) -> list[dict[str, Any]]:
     return conv.to_gradio_chatbot()
 
 
-def _buttons(interactive: bool | None) -> tuple:
-    """Updates for (Regenerate, Clear): enabled, disabled, or left as they are (None)."""
-    if interactive is None:
-        return gr.skip(), gr.skip()
-    return gr.Button(interactive=interactive), gr.Button(interactive=interactive)
+def client_ip(request: gr.Request | None) -> str | None:
+    """The browser's address as the server sees it (None outside a request)."""
+    return getattr(getattr(request, "client", None), "host", None)
+
+
+def _buttons(votes: bool | None, actions: bool | None) -> tuple:
+    """Updates for (Upvote, Downvote, Flag) and (Regenerate, Clear): enabled (True), disabled (False), or left as
+    they are (None)."""
+
+    def update(interactive: bool | None):
+        return gr.skip() if interactive is None else gr.Button(interactive=interactive)
+
+    return (update(votes),) * 3 + (update(actions),) * 2
 
 
 def build_demo(embed_mode: bool, cur_dir: str | Path | None = None, concurrency_count: int = 10,
-               controller_url: str = DEFAULT_CONTROLLER_URL, *, model_list_mode: str = "once") -> gr.Blocks:
+               controller_url: str = DEFAULT_CONTROLLER_URL, *, model_list_mode: str = "once",
+               log_dir: str | os.PathLike | None = None, log_conversations: bool = True) -> gr.Blocks:
     """The demo page, wired to the controller at ``controller_url``.
 
     Args:
@@ -168,10 +223,14 @@ def build_demo(embed_mode: bool, cur_dir: str | Path | None = None, concurrency_
         concurrency_count: answers generated at once by this server; more requests wait in Gradio's queue.
         controller_url: base URL of the controller.
         model_list_mode: "once" or "reload" (see :class:`WebDemo`).
+        log_dir: the conversation log's folder (default: ``$LLAVA_LOGDIR``, else ``llava.constants.LOGDIR``).
+        log_conversations: False writes no conversation log and hides the vote buttons (``--no-log``).
     Returns:
         The ``gr.Blocks``; run it with :func:`launch_demo`.
     """
-    demo_state = WebDemo(controller_url, model_list_mode)
+    conv_log = ConversationLog((log_dir if log_dir is not None else default_logdir()) if log_conversations else None)
+    logger.info("conversation log: %s", conv_log.logdir if conv_log.enabled else "off")
+    demo_state = WebDemo(controller_url, model_list_mode, conv_log=conv_log)
     examples_dir = Path(cur_dir) if cur_dir is not None else Path(__file__).resolve().parent
     models = demo_state.models
 
@@ -206,13 +265,20 @@ def build_demo(embed_mode: bool, cur_dir: str | Path | None = None, concurrency_
                     with gr.Column(scale=1, min_width=50):
                         submit_btn = gr.Button("Send", variant="primary", elem_id="send_btn")
                 with gr.Row(elem_id="buttons"):
+                    upvote_btn = gr.Button("👍  Upvote", interactive=False, visible=conv_log.enabled,
+                                           elem_id="upvote_btn")
+                    downvote_btn = gr.Button("👎  Downvote", interactive=False, visible=conv_log.enabled,
+                                             elem_id="downvote_btn")
+                    flag_btn = gr.Button("⚠️  Flag", interactive=False, visible=conv_log.enabled,
+                                         elem_id="flag_btn")
                     regenerate_btn = gr.Button("🔄  Regenerate", interactive=False, elem_id="regenerate_btn")
                     clear_btn = gr.Button("🗑️  Clear", interactive=False, elem_id="clear_btn")
         if not embed_mode:
             gr.Markdown(TOS_MARKDOWN)
             gr.Markdown(LEARN_MORE_MARKDOWN)
 
-        buttons = [regenerate_btn, clear_btn]
+        vote_buttons = [upvote_btn, downvote_btn, flag_btn]
+        buttons = [*vote_buttons, regenerate_btn, clear_btn]
         turn_outputs = [state, chatbot, textbox, imagebox, visual_tokens, *buttons]
         bot_inputs = [state, model_selector, temperature, top_p, max_output_tokens]
         bot_outputs = [state, chatbot, visual_tokens, *buttons]
@@ -223,6 +289,8 @@ def build_demo(embed_mode: bool, cur_dir: str | Path | None = None, concurrency_
             demo_state.bot, bot_inputs, bot_outputs, concurrency_limit=concurrency_count)
         clear_btn.click(demo_state.clear, None, turn_outputs, queue=False)
         chatbot.clear(demo_state.clear, None, turn_outputs, queue=False)  # the chat's own trash button
+        for button, vote in zip(vote_buttons, (demo_state.upvote, demo_state.downvote, demo_state.flag)):
+            button.click(vote, [state, model_selector], vote_buttons, queue=False)
         demo.load(demo_state.load, None, [state, model_selector], queue=False)
     return demo
 
@@ -255,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--moderate", action="store_true", help="accepted for compatibility; does nothing")
     parser.add_argument("--embed", action="store_true", help="leave out the title and terms (embedding)")
+    parser.add_argument("--no-log", action="store_true",
+                        help="write no files: no conversation log (LOGDIR/<date>-conv.json), no saved images, no "
+                             "gradio_web_server.log, and no vote buttons. LOGDIR is $LLAVA_LOGDIR, else the "
+                             "working directory")
     return parser
 
 
@@ -264,12 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --concurrency-count must be at least 1, got {args.concurrency_count}", file=sys.stderr)
         return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    build_logger(logger.name, "gradio_web_server.log")
+    logdir = default_logdir()
+    build_logger(logger.name, None if args.no_log else os.path.abspath(os.path.join(logdir, "gradio_web_server.log")))
     logger.info("args: %s", args)
     if args.moderate:
         logger.warning("--moderate does nothing: upstream's OpenAI moderation call is not part of this package")
     demo = build_demo(args.embed, concurrency_count=args.concurrency_count, controller_url=args.controller_url,
-                      model_list_mode=args.model_list_mode)
+                      model_list_mode=args.model_list_mode, log_dir=logdir, log_conversations=not args.no_log)
     launch_demo(demo, host=args.host, port=args.port, share=args.share)
     return 0
 
