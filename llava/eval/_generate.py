@@ -19,7 +19,16 @@ from ..conversation import conv_templates
 from ..mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
-from .common import add_image_tokens, configure_logging, default_device, run_cli
+from .common import (
+    add_image_tokens,
+    check_at_least_one,
+    check_conv_mode,
+    check_device,
+    check_quantization,
+    configure_logging,
+    default_device,
+    run_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +44,8 @@ def add_common_args(
     temperature: float = 0.2,
     max_new_tokens: int = 1024,
 ) -> argparse.ArgumentParser:
-    """Upstream's shared arguments (same names and defaults), plus ``--device`` and the token-reduction flags."""
+    """Upstream's shared arguments (same names and defaults), plus ``--device``, ``--load-8bit``/``--load-4bit``,
+    ``--resume`` and the token-reduction flags."""
     parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
     parser.add_argument("--model-base", type=str, default=None)
     parser.add_argument("--image-folder", type=str, default="")
@@ -49,8 +59,26 @@ def add_common_args(
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
     parser.add_argument("--device", type=str, default=None, help="cuda | cpu | mps (default: the best available)")
+    parser.add_argument("--load-8bit", action="store_true", help="quantise the language model to 8 bits (bitsandbytes)")
+    parser.add_argument("--load-4bit", action="store_true", help="quantise the language model to 4 bits (bitsandbytes)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the partial answers a stopped run left beside --answers-file "
+                             "(.NAME.partial): answer only the questions after them")
     add_token_reduction_args(parser)
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks that need no file and no model: ``--conv-mode``, ``--device``, ``--num_beams``,
+    ``--max_new_tokens``, ``--load-8bit``/``--load-4bit``. Each failure is a ValueError naming the flag.
+
+    ``args`` may lack the flags upstream did not have (``device``, ``load_8bit``, ...): their defaults apply.
+    """
+    check_conv_mode(args.conv_mode)
+    check_device(getattr(args, "device", None))
+    check_at_least_one("--num_beams", getattr(args, "num_beams", 1))
+    check_at_least_one("--max_new_tokens", getattr(args, "max_new_tokens", 1))
+    check_quantization(getattr(args, "load_8bit", False), getattr(args, "load_4bit", False))
 
 
 def run_main(eval_model: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
@@ -59,13 +87,6 @@ def run_main(eval_model: Callable[[argparse.Namespace], Any], parser: argparse.A
     args = parser.parse_args(argv)
     configure_logging()
     return run_cli(eval_model, args)
-
-
-def check_conv_mode(conv_mode: str) -> str:
-    """``conv_mode`` if it names a template, else ValueError listing the valid ones."""
-    if conv_mode not in conv_templates:
-        raise ValueError(f"unknown --conv-mode {conv_mode!r}; valid modes are {', '.join(sorted(conv_templates))}")
-    return conv_mode
 
 
 def plain_model_conv_mode(model_name: str, conv_mode: str) -> str:
@@ -123,6 +144,8 @@ def load_model(args) -> LoadedModel:
         model_path,
         args.model_base,
         model_name,
+        load_8bit=getattr(args, "load_8bit", False),
+        load_4bit=getattr(args, "load_4bit", False),
         device=getattr(args, "device", None) or default_device(),
         token_reduction=getattr(args, "token_reduction", None),
         token_budget=getattr(args, "token_budget", None),

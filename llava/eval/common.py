@@ -1,4 +1,5 @@
-"""Small pieces every inference entry point shares: prompt building, conversation choice, device choice."""
+"""Small pieces every inference entry point shares: prompt building, conversation choice, device choice, and the
+checks of their flags (each a ``ValueError`` naming the flag and the value, raised before any model is loaded)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,56 @@ import torch
 
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from ..conv_mode import choose_conv_mode, infer_conv_mode  # noqa: F401 (re-exported from their old home)
+from ..conversation import conv_templates
+from ..model.builder import DEVICE_PATTERN
 
 logger = logging.getLogger(__name__)
+
+
+# --- checks of the command-line flags -------------------------------------------------------------------------
+
+
+def check_conv_mode(conv_mode: str | None) -> str | None:
+    """``conv_mode`` if it names a template (or is None: chosen from the model name), else ValueError listing the
+    valid ones."""
+    if conv_mode is not None and conv_mode not in conv_templates:
+        raise ValueError(f"unknown --conv-mode {conv_mode!r}; valid modes are {', '.join(sorted(conv_templates))}")
+    return conv_mode
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` if it is cuda, cuda:N, cpu or mps (or None: the best available), else ValueError."""
+    if device is not None and not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"unknown --device {device!r}; expected cuda, cuda:N, cpu or mps")
+    return device
+
+
+def check_at_least_one(flag: str, value: int) -> int:
+    """``value`` if it is at least 1 (``--num_beams``, ``--max_new_tokens``), else ValueError naming ``flag``."""
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def check_quantization(load_8bit: bool, load_4bit: bool) -> None:
+    """At most one of ``--load-8bit`` and ``--load-4bit``."""
+    if load_8bit and load_4bit:
+        raise ValueError("--load-8bit and --load-4bit exclude each other: pass one of them")
+
+
+def split_image_files(value: str, sep: str = ",") -> list[str]:
+    """The image paths of ``--image-file`` (``"a.jpg,b.jpg"``), split on ``sep``.
+
+    Raises:
+        ValueError: an empty path in the list (``","``, ``"a.jpg,"``, ``""``), naming the flag, the value and its
+            position.
+    """
+    files = value.split(sep) if sep else [value]
+    for position, name in enumerate(files, start=1):
+        if not name.strip():
+            where = f"path {position} of {len(files)} is empty" if len(files) > 1 else "the path is empty"
+            raise ValueError(f"--image-file {value!r}: {where} (paths are separated by {sep!r})")
+    return files
 
 
 def add_image_tokens(query: str, num_images: int, use_im_start_end: bool) -> str:
@@ -76,11 +125,12 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def run_cli(job: Callable[[Any], Any], args: Any) -> int:
-    """Run an entry point's ``job(args)``; a user's mistake (missing file, bad value, unreadable checkpoint) prints
-    ``error: ...`` on stderr, without a traceback, and gives exit status 2."""
+    """Run an entry point's ``job(args)``; a user's mistake (bad flag, missing file, unreadable image or checkpoint,
+    a missing optional package: ``ValueError``, ``OSError``, ``ImportError``, each raised with a one-line message
+    naming the flag, file or field) prints ``error: ...`` on stderr, without a traceback, and gives exit status 2."""
     try:
         job(args)
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,13 @@ question order, ``{"question_id", "prompt", "text", "answer_id", "model_id", "me
 ``{"visual_tokens": [n], "token_reduction": mode}``; for an anyres (LLaVA-1.6) model it also holds the patches the
 tower encoded for the image, ``{"visual_tokens": [n], "patches": [2880], "token_reduction": mode}`` (a 672x672
 image: 1 + 4 tiles of 576). Each image's original ``(width, height)`` goes to ``generate`` as ``image_sizes``.
-The answers file appears only when every question is answered.
+Every ``question_id`` must be given once (a repeat is an error naming both lines, before the model loads).
+
+Answers go, one flushed line at a time, to ``.NAME.partial`` beside ``--answers-file``, renamed to it after the
+last one: the answers file appears only when every question is answered. A run that fails (a corrupt image) or is
+killed keeps the partial file; rerun the same command with ``--resume`` to answer only the questions after its
+complete lines (an incomplete last line is dropped with a warning). The result is the file an uninterrupted run
+writes, in question order (the resumed lines keep their ``answer_id``). Without ``--resume`` a run starts afresh.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ._generate import (
     add_common_args,
     answer_metadata,
     build_prompt,
-    check_conv_mode,
+    check_args,
     encode_prompt,
     generate_answers,
     generation_kwargs,
@@ -36,7 +42,17 @@ from ._generate import (
     pixel_values,
     run_main,
 )
-from ._io import AtomicJsonlWriter, answer_record, check_images_exist, get_chunk, image_path, read_jsonl, split_list
+from ._io import (
+    AtomicJsonlWriter,
+    answer_record,
+    check_images_exist,
+    check_partial_model,
+    get_chunk,
+    image_path,
+    read_questions,
+    split_list,
+    start_answers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +62,8 @@ QUESTION_KEYS = ("question_id", "image", "text")
 
 
 def load_questions(args) -> list[dict]:
-    """This chunk's questions, with every image checked to exist (before any model is loaded)."""
-    questions = read_jsonl(args.question_file, QUESTION_KEYS)
+    """This chunk's questions, each id given once and every image checked to exist (before any model is loaded)."""
+    questions = read_questions(args.question_file, QUESTION_KEYS)
     questions = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
     check_images_exist([(q["question_id"], image_path(args.image_folder, q["image"])) for q in questions],
                        args.question_file)
@@ -55,14 +71,19 @@ def load_questions(args) -> list[dict]:
 
 
 def eval_model(args) -> None:
-    """Answer this chunk of ``args.question_file`` into ``args.answers_file``."""
-    check_conv_mode(args.conv_mode)
+    """Answer this chunk of ``args.question_file`` into ``args.answers_file`` (with ``args.resume``: the questions
+    its partial file has no answer for)."""
+    check_args(args)
     questions = load_questions(args)
+    partial = start_answers(args.answers_file, [q["question_id"] for q in questions], args.question_file,
+                            resume=getattr(args, "resume", False))
+    todo = [q for q in questions if q["question_id"] not in partial.done]
     loaded = load_model(args)
+    check_partial_model(partial, loaded.model_name, loaded.token_reduction)
     gen = generation_kwargs(args, loaded.tokenizer)
     use_im_start_end = loaded.model.config.mm_use_im_start_end
-    with AtomicJsonlWriter(args.answers_file) as out:
-        for line in tqdm(questions):
+    with AtomicJsonlWriter(args.answers_file, partial) as out:
+        for line in tqdm(todo):
             qid, text = line["question_id"], line["text"]
             path = image_path(args.image_folder, line["image"])
             try:
@@ -75,7 +96,7 @@ def eval_model(args) -> None:
                                                [image.size], gen)
             out.write(answer_record(qid, text, answers[0], loaded.model_name,
                                     answer_metadata(counts[0], loaded.token_reduction, loaded.anyres)))
-    logger.info("wrote %d answers to %s", out.count, args.answers_file)
+    logger.info("wrote %d answers to %s", out.total, args.answers_file)
 
 
 def build_parser() -> argparse.ArgumentParser:

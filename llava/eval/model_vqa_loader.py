@@ -11,6 +11,10 @@ preprocessed in ``--num-workers`` worker processes. ``--batch-size`` > 1 left-pa
 decoding (``--temperature 0``) every answer is the one the question gets alone. Anyres (LLaVA-1.6) images of
 different aspect ratios give different tile counts: such a batch goes to ``generate`` as a list of per-image tile
 stacks, with each image's original ``(width, height)`` in ``image_sizes``, in batch order.
+
+A corrupt image found by a worker process is reported in the main process as one line naming the image file and
+its question_id (exit status 2), after the answers of the batches before it are written. ``--resume`` continues a
+stopped run's partial answers, as in ``model_vqa``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -29,7 +34,7 @@ from ._generate import (
     add_common_args,
     answer_metadata,
     build_prompt,
-    check_conv_mode,
+    check_args,
     encode_prompt,
     generate_answers,
     generation_kwargs,
@@ -41,13 +46,13 @@ from ._generate import (
     run_main,
     stack_images,
 )
-from ._io import AtomicJsonlWriter, answer_record, get_chunk, image_path, split_list
+from ._io import AtomicJsonlWriter, answer_record, check_partial_model, get_chunk, image_path, split_list, start_answers
 from .model_vqa import load_questions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CustomDataset", "build_parser", "collate_fn", "create_data_loader", "eval_model", "get_chunk", "main",
-           "split_list"]
+__all__ = ["CustomDataset", "SampleFailure", "build_parser", "checked_batches", "collate_fn", "create_data_loader",
+           "eval_model", "get_chunk", "main", "split_list"]
 
 
 class CustomDataset(Dataset):
@@ -75,13 +80,43 @@ class CustomDataset(Dataset):
         return len(self.questions)
 
 
+@dataclass(frozen=True)
+class SampleFailure:
+    """A question that could not be prepared (its image is unreadable), carried to the main process as data.
+
+    A DataLoader worker's exception reaches the main process re-raised with the worker's whole traceback in its
+    message; this carries the one-line message instead (raised by :func:`checked_batches`).
+    """
+
+    message: str
+
+
+class _FailuresAsData(Dataset):
+    """``dataset[i]``, or a :class:`SampleFailure` when preparing sample ``i`` raises ``OSError``/``ValueError``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError) as err:
+            return SampleFailure(str(err))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
 def collate_fn(batch, padding_value: int = 0):
-    """Left-pad the prompts of a batch.
+    """Left-pad the prompts of a batch (a batch with a :class:`SampleFailure` collates to its first one).
 
     Returns:
         ``input_ids [B, T]``, ``attention_mask [B, T]``, images (``[B, 3, H, W]`` or a list for anyres) and the
         B image sizes.
     """
+    failure = next((item for item in batch if isinstance(item, SampleFailure)), None)
+    if failure is not None:
+        return failure
     input_ids, image_tensors, image_sizes = zip(*batch)
     ids, mask = left_pad(input_ids, padding_value)
     return ids, mask, stack_images(image_tensors), list(image_sizes)
@@ -89,36 +124,67 @@ def collate_fn(batch, padding_value: int = 0):
 
 def create_data_loader(questions, image_folder, tokenizer, image_processor, model_config, batch_size=1,
                        num_workers=4, conv_mode="llava_v1") -> DataLoader:
-    """A DataLoader over ``questions`` in order (no shuffling)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    dataset = CustomDataset(questions, image_folder, tokenizer, image_processor, model_config, conv_mode)
+    """A DataLoader over ``questions`` in order (no shuffling).
+
+    A question whose image cannot be read yields a :class:`SampleFailure` in place of its batch; iterate through
+    :func:`checked_batches` to have it raised as a ``ValueError`` in the main process.
+    """
+    check_batch_size(batch_size)
+    dataset = _FailuresAsData(CustomDataset(questions, image_folder, tokenizer, image_processor, model_config,
+                                            conv_mode))
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                       collate_fn=functools.partial(collate_fn, padding_value=pad_id(tokenizer)))
 
 
+def checked_batches(loader: Iterable) -> Iterator:
+    """The batches of ``loader``; a :class:`SampleFailure` is raised as ``ValueError`` (its one-line message)."""
+    for batch in loader:
+        if isinstance(batch, SampleFailure):
+            raise ValueError(batch.message)
+        yield batch
+
+
+def check_batch_size(batch_size: int) -> None:
+    """``--batch-size`` must be at least 1."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def check_loader_args(args) -> None:
+    """``--batch-size`` and ``--num-workers`` (before any file is read or model loaded)."""
+    check_batch_size(args.batch_size)
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be 0 or more, got {args.num_workers}")
+
+
 def eval_model(args) -> None:
-    """Answer this chunk of ``args.question_file`` into ``args.answers_file``, ``args.batch_size`` at a time."""
-    check_conv_mode(args.conv_mode)
+    """Answer this chunk of ``args.question_file`` into ``args.answers_file``, ``args.batch_size`` at a time
+    (with ``args.resume``: the questions its partial file has no answer for)."""
+    check_args(args)
+    check_loader_args(args)
     questions = load_questions(args)
+    partial = start_answers(args.answers_file, [q["question_id"] for q in questions], args.question_file,
+                            resume=getattr(args, "resume", False))
+    todo = [q for q in questions if q["question_id"] not in partial.done]
     loaded = load_model(args)
+    check_partial_model(partial, loaded.model_name, loaded.token_reduction)
     conv_mode = plain_model_conv_mode(loaded.model_name, args.conv_mode)
     gen = generation_kwargs(args, loaded.tokenizer)
-    loader = create_data_loader(questions, args.image_folder, loaded.tokenizer, loaded.image_processor,
+    loader = create_data_loader(todo, args.image_folder, loaded.tokenizer, loaded.image_processor,
                                 loaded.model.config, batch_size=args.batch_size, num_workers=args.num_workers,
                                 conv_mode=conv_mode)
     done = 0
-    with AtomicJsonlWriter(args.answers_file) as out, tqdm(total=len(questions)) as progress:
-        for input_ids, attention_mask, images, image_sizes in loader:
+    with AtomicJsonlWriter(args.answers_file, partial) as out, tqdm(total=len(todo)) as progress:
+        for input_ids, attention_mask, images, image_sizes in checked_batches(loader):
             answers, counts = generate_answers(loaded, input_ids, images, image_sizes, gen, attention_mask)
-            for line, answer, visual in zip(questions[done : done + len(answers)], answers, counts):
+            for line, answer, visual in zip(todo[done : done + len(answers)], answers, counts):
                 out.write(answer_record(line["question_id"], line["text"], answer, loaded.model_name,
                                         answer_metadata(visual, loaded.token_reduction, loaded.anyres)))
             done += len(answers)
             progress.update(len(answers))
-    if done != len(questions):  # the loader yields every question once; a mismatch would be a bug here
-        raise AssertionError(f"answered {done} of {len(questions)} questions")
-    logger.info("wrote %d answers to %s", out.count, args.answers_file)
+        if done != len(todo):  # the loader yields every question once; a mismatch would be a bug here
+            raise AssertionError(f"answered {done} of {len(todo)} questions")
+    logger.info("wrote %d answers to %s", out.total, args.answers_file)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,11 @@
 Questions: MMBench's TSV (columns ``index``, ``question``, ``hint``, ``image`` as base64, options ``A``-``D``;
 options stop at the first empty one). The prompt is ``hint\\nquestion\\nA. ...\\nB. ...``. ``--all-rounds`` asks
 each question once per option, rotating the option texts under fixed letters (CircularEval). Answers carry
-upstream's ``round_id``, ``options`` and ``option_char``.
+upstream's ``round_id``, ``options`` and ``option_char``. Every ``index`` must be given once (a repeat is an error
+naming both lines, before the model loads).
+
+``--resume`` continues a stopped run's partial answers as in ``model_vqa``; an answer is identified by
+``(question_id, round_id)``, so a run stopped between two rounds of a question goes on with the next round.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ._generate import (
     add_common_args,
     answer_metadata,
     build_prompt,
-    check_conv_mode,
+    check_args,
     encode_prompt,
     generate_answers,
     generation_kwargs,
@@ -37,7 +41,15 @@ from ._generate import (
     plain_model_conv_mode,
     run_main,
 )
-from ._io import AtomicJsonlWriter, answer_record, get_chunk, split_list
+from ._io import (
+    AtomicJsonlWriter,
+    answer_record,
+    check_partial_model,
+    check_unique_ids,
+    get_chunk,
+    split_list,
+    start_answers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +91,7 @@ def _question_id(value: Any) -> Any:
 
 
 def load_questions(args) -> list[dict]:
-    """This chunk's rows as dicts (all cells read as text), each with an image."""
+    """This chunk's rows as dicts (all cells read as text), each with an image and options, each index once."""
     import pandas as pd
 
     path = os.path.expanduser(args.question_file)
@@ -98,6 +110,8 @@ def load_questions(args) -> list[dict]:
             raise ValueError(f"{path}:{lineno}: question index {row['index']} has no image")
         if len(get_options(row)) == 0:
             raise ValueError(f"{path}:{lineno}: question index {row['index']} has no options (column A is empty)")
+    check_unique_ids(((f"{path}:{lineno}", _question_id(row["index"])) for lineno, row in enumerate(rows, start=2)),
+                     "index")
     return list(get_chunk(rows, args.num_chunks, args.chunk_idx))
 
 
@@ -112,27 +126,50 @@ def build_question(row: dict, options: Sequence[str]) -> str:
     return question
 
 
+def rounds_of(row: dict, all_rounds: bool) -> range:
+    """The ``round_id`` values a row is asked in: one per option with ``--all-rounds``, else round 0 only."""
+    return range(len(get_options(row)) if all_rounds else 1)
+
+
+def rotated(items: Sequence[str], times: int) -> list[str]:
+    """``items`` rotated left ``times`` times: round ``r`` shows option ``r`` under letter A."""
+    return list(items[times:]) + list(items[:times])
+
+
+def answer_key(record: dict) -> tuple[Any, Any]:
+    """What an mmbench answer is resumed by: ``(question_id, round_id)``."""
+    return record["question_id"], record["round_id"]
+
+
 def eval_model(args) -> None:
-    """Answer this chunk of ``args.question_file`` into ``args.answers_file``."""
-    check_conv_mode(args.conv_mode)
+    """Answer this chunk of ``args.question_file`` into ``args.answers_file`` (with ``args.resume``: the rounds
+    its partial file has no answer for)."""
+    check_args(args)
     if args.lang not in SINGLE_PRED_PROMPT:
         raise ValueError(f"--lang must be one of {', '.join(SINGLE_PRED_PROMPT)}, got {args.lang!r}")
     questions = load_questions(args)
+    expected = [(_question_id(row["index"]), r) for row in questions for r in rounds_of(row, args.all_rounds)]
+    partial = start_answers(args.answers_file, expected, args.question_file, resume=getattr(args, "resume", False),
+                            key=answer_key)
     loaded = load_model(args)
+    check_partial_model(partial, loaded.model_name, loaded.token_reduction)
     conv_mode = plain_model_conv_mode(loaded.model_name, args.conv_mode)
     gen = generation_kwargs(args, loaded.tokenizer)
     use_im_start_end = loaded.model.config.mm_use_im_start_end
-    with AtomicJsonlWriter(args.answers_file) as out:
+    with AtomicJsonlWriter(args.answers_file, partial) as out:
         for row in tqdm(questions):
             qid = _question_id(row["index"])
+            todo = [r for r in rounds_of(row, args.all_rounds) if (qid, r) not in partial.done]
+            if not todo:
+                continue
             try:
                 image = load_image_from_base64(row["image"]).convert("RGB")
             except ValueError as err:
                 raise ValueError(f"question index {qid}: {err}") from err
             images = pixel_values([image], loaded.image_processor, loaded.model.config)
-            options = get_options(row)
-            option_chars = all_options[: len(options)]
-            for round_idx in range(len(options) if args.all_rounds else 1):
+            for round_idx in todo:  # each round: the same letters over rotated option texts
+                options = rotated(get_options(row), round_idx)
+                option_chars = rotated(all_options[: len(options)], round_idx)
                 question = build_question(row, options)
                 qs = question + "\n" + SINGLE_PRED_PROMPT[args.lang] if args.single_pred_prompt else question
                 prompt = build_prompt(conv_mode, qs, True, use_im_start_end)
@@ -140,10 +177,8 @@ def eval_model(args) -> None:
                                                    [image.size], gen)
                 out.write(answer_record(qid, question, answers[0], loaded.model_name,
                                         answer_metadata(counts[0], loaded.token_reduction, loaded.anyres),
-                                        round_id=round_idx, options=list(options), option_char=list(option_chars)))
-                options = options[1:] + options[:1]  # next round: the same letters over rotated texts
-                option_chars = option_chars[1:] + option_chars[:1]
-    logger.info("wrote %d answers to %s", out.count, args.answers_file)
+                                        round_id=round_idx, options=options, option_char=option_chars))
+    logger.info("wrote %d answers to %s", out.total, args.answers_file)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,9 @@ the first turn is the question (its ``<image>`` is removed and put back in front
 Samples without ``image`` are asked as text only (``metadata.visual_tokens`` is then ``[]``). Metadata as in
 ``model_vqa`` (anyres models also record ``patches`` per image).
 ``--single-pred-prompt`` appends "Answer with the option's letter from the given choices directly."
+Every sample ``id`` must be given once (a repeat is an error naming both samples, before the model loads).
+``--resume`` continues a stopped run's partial answers (keyed by ``question_id``, the sample's ``id``), as in
+``model_vqa``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ._generate import (
     add_common_args,
     answer_metadata,
     build_prompt,
-    check_conv_mode,
+    check_args,
     encode_prompt,
     generate_answers,
     generation_kwargs,
@@ -37,7 +40,18 @@ from ._generate import (
     pixel_values,
     run_main,
 )
-from ._io import AtomicJsonlWriter, answer_record, check_images_exist, get_chunk, image_path, read_json, split_list
+from ._io import (
+    AtomicJsonlWriter,
+    answer_record,
+    check_images_exist,
+    check_partial_model,
+    check_unique_ids,
+    get_chunk,
+    image_path,
+    read_json,
+    split_list,
+    start_answers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +61,7 @@ SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices dir
 
 
 def load_questions(args) -> list[dict]:
-    """This chunk of the question list, validated, with every image checked to exist."""
+    """This chunk of the question list, validated (each ``id`` given once), with every image checked to exist."""
     questions = read_json(args.question_file)
     where = os.path.expanduser(args.question_file)
     if not isinstance(questions, list):
@@ -58,6 +72,7 @@ def load_questions(args) -> list[dict]:
         if not ok or "value" not in sample["conversations"][0]:
             name = sample.get("id", "?") if isinstance(sample, dict) else "?"
             raise ValueError(f"{where}: sample {i} (id {name!r}) needs 'id' and conversations[0]['value']")
+    check_unique_ids(((f"{where}: sample {i}", sample["id"]) for i, sample in enumerate(questions)), "id")
     questions = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
     check_images_exist([(q["id"], image_path(args.image_folder, q["image"])) for q in questions if "image" in q],
                        args.question_file)
@@ -65,14 +80,19 @@ def load_questions(args) -> list[dict]:
 
 
 def eval_model(args) -> None:
-    """Answer this chunk of ``args.question_file`` into ``args.answers_file``."""
-    check_conv_mode(args.conv_mode)
+    """Answer this chunk of ``args.question_file`` into ``args.answers_file`` (with ``args.resume``: the samples
+    its partial file has no answer for)."""
+    check_args(args)
     questions = load_questions(args)
+    partial = start_answers(args.answers_file, [q["id"] for q in questions], args.question_file,
+                            resume=getattr(args, "resume", False))
+    todo = [q for q in questions if q["id"] not in partial.done]
     loaded = load_model(args)
+    check_partial_model(partial, loaded.model_name, loaded.token_reduction)
     gen = generation_kwargs(args, loaded.tokenizer)
     use_im_start_end = loaded.model.config.mm_use_im_start_end
-    with AtomicJsonlWriter(args.answers_file) as out:
-        for line in tqdm(questions):
+    with AtomicJsonlWriter(args.answers_file, partial) as out:
+        for line in tqdm(todo):
             qid = line["id"]
             qs = line["conversations"][0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
             has_image = "image" in line
@@ -97,7 +117,7 @@ def eval_model(args) -> None:
                 text = reasoning + "\n The answer is " + answers[0]
             out.write(answer_record(qid, cur_prompt, text, loaded.model_name,
                                     answer_metadata(counts[0], loaded.token_reduction, loaded.anyres)))
-    logger.info("wrote %d answers to %s", out.count, args.answers_file)
+    logger.info("wrote %d answers to %s", out.total, args.answers_file)
 
 
 def build_parser() -> argparse.ArgumentParser:

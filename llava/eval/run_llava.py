@@ -9,6 +9,10 @@ patches the tower encoded per image and the visual tokens the language model rea
 tiles each image: ``2880 -> N`` for a 672x672 one, ``1728 -> N`` for a 336x672 one; images with different patch
 counts are listed in pairs). Each image's original ``(width, height)`` goes to ``generate`` as ``image_sizes``.
 ``eval_model(args)`` keeps upstream's Python entry point (``args`` may be any object with the same fields).
+
+A user's mistake is one ``error: ...`` line on stderr and exit status 2, before the model loads where it can be:
+an unknown ``--conv-mode`` or ``--device``, ``--num_beams`` or ``--max_new_tokens`` below 1, an empty path in
+``--image-file`` (``","``), a missing or unreadable image; then a checkpoint that cannot be loaded.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from ..model.builder import load_pretrained_model
 from ..model.token_reduction import add_token_reduction_args
 from .common import (
     add_image_tokens,
+    check_at_least_one,
+    check_conv_mode,
+    check_device,
     configure_logging,
     default_device,
     run_cli,
+    split_image_files,
     visual_token_summary,
 )
 
@@ -38,12 +46,22 @@ logger = logging.getLogger(__name__)
 
 
 def image_parser(args) -> list[str]:
-    """The image files named by ``args.image_file``, split on ``args.sep``."""
-    return [f for f in args.image_file.split(args.sep) if f]
+    """The image files named by ``args.image_file``, split on ``args.sep`` (an empty one is a ValueError)."""
+    return split_image_files(args.image_file, getattr(args, "sep", ","))
+
+
+def check_args(args) -> None:
+    """The flags checked before anything is loaded: ``--conv-mode``, ``--device``, ``--num_beams``,
+    ``--max_new_tokens`` (``args`` may lack those upstream did not have)."""
+    check_conv_mode(getattr(args, "conv_mode", None))
+    check_device(getattr(args, "device", None))
+    check_at_least_one("--num_beams", getattr(args, "num_beams", 1))
+    check_at_least_one("--max_new_tokens", getattr(args, "max_new_tokens", 512))
 
 
 def eval_model(args) -> str:
     """Load the model named by ``args``, answer ``args.query`` about ``args.image_file``; print and return it."""
+    check_args(args)
     images = load_images(image_parser(args))  # a bad image fails before the model is loaded
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .._image_processing import parse_grid_pinpoints
 from .anyres_layout import validate_merge_type
 from .checkpoint_io import (
     VISION_TOWER_PREFIX,
+    check_safetensors_files,
     checkpoint_weight_files,
     load_into,
     load_vision_tower_weights,
@@ -43,6 +45,13 @@ from .language_model.llava_mistral import LlavaMistralForCausalLM
 from .token_reduction import resolve_token_reduction
 
 logger = logging.getLogger(__name__)
+
+#: what ``device`` may be: cuda, cuda:N, cpu, mps (``--device`` on every entry point too)
+DEVICE_PATTERN = re.compile(r"cuda(:\d+)?|cpu|mps")
+#: the files a Llama (sentencepiece) tokenizer's vocabulary comes from: a local folder needs one of them
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model")
+#: vocabularies of other tokenizer kinds (GPT-2 style BPE, WordPiece, tiktoken): such a folder is not checked
+_OTHER_VOCAB_PATTERNS = ("vocab.*", "merges.txt", "*.model", "*.tiktoken")
 
 #: from_pretrained arguments that also say where the tokenizer comes from
 HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "subfolder")
@@ -71,7 +80,12 @@ def plan_device(device: str, device_map, torch_dtype=None) -> DevicePlan:
 
     fp16 on CUDA/MPS, fp32 on CPU (CPU kernels for fp16 matmuls are missing or slow), unless ``torch_dtype``
     says otherwise. Asking for CUDA on a machine without it falls back to CPU with a warning.
+
+    Raises:
+        ValueError: a ``device`` that is none of those.
     """
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"device {device!r} is not one of cuda, cuda:N, cpu, mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: loading on the CPU in float32 instead")
         device = "cpu"
@@ -117,9 +131,12 @@ def read_config_json(path: str | os.PathLike) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: {path} is not a model checkpoint folder")
     try:
-        return json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object (the model's settings), got a {type(data).__name__}")
+    return data
 
 
 def load_llava_config(path: str | os.PathLike, *, require_vision_tower: bool = True):
@@ -174,9 +191,13 @@ def check_vision_tower(tower: str | None, where: Path) -> None:
 
 def _model_kwargs(plan: DevicePlan, attn: str, load_8bit: bool, load_4bit: bool) -> dict:
     kwargs: dict = {"device_map": plan.device_map, "dtype": plan.dtype, "attn_implementation": attn}
+    if load_8bit and load_4bit:
+        raise ValueError("load_8bit and load_4bit exclude each other: pass one of them")
     if load_8bit or load_4bit:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ImportError("load_8bit/load_4bit need bitsandbytes: pip install 'llava[train]'")
+        logger.info("quantising the language model to %s with bitsandbytes (projector and lm_head kept in %s)",
+                    "8 bits" if load_8bit else "4 bits (nf4)", str(plan.dtype).removeprefix("torch."))
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_8bit,
             load_in_4bit=load_4bit,
@@ -191,11 +212,43 @@ def _model_kwargs(plan: DevicePlan, attn: str, load_8bit: bool, load_4bit: bool)
 
 
 def _from_pretrained(model_class, path, **kwargs):
-    """``from_pretrained`` with load errors turned into messages naming the checkpoint."""
+    """``from_pretrained`` with load errors turned into messages naming the checkpoint (a truncated or corrupt
+    safetensors file: naming the file, checked first)."""
+    from safetensors import SafetensorError
+
+    check_safetensors_files(Path(path, kwargs.get("subfolder") or ""))
     try:
         return model_class.from_pretrained(path, **kwargs)
     except OSError as err:
         raise OSError(f"could not load model weights from {path}: {err}") from err
+    except SafetensorError as err:
+        raise ValueError(f"could not load model weights from {path}: {err}") from err
+
+
+def check_tokenizer_files(folder: str | os.PathLike) -> None:
+    """A local checkpoint folder must hold its tokenizer's vocabulary (a hub id is left to ``from_pretrained``).
+
+    Without ``tokenizer.model`` and ``tokenizer.json``, transformers builds a Llama tokenizer with no vocabulary
+    but its three special tokens (or asks to install sentencepiece), and every prompt becomes unknown tokens.
+
+    Raises:
+        FileNotFoundError: naming the folder and the missing file.
+    """
+    path = Path(folder)
+    if not path.is_dir() or any((path / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        return
+    if any(next(path.glob(pattern), None) is not None for pattern in _OTHER_VOCAB_PATTERNS):
+        return  # a BPE / WordPiece / tiktoken tokenizer: its own files
+    raise FileNotFoundError(
+        f"{path} has no tokenizer.model (nor tokenizer.json): the tokenizer's vocabulary is missing; copy "
+        "tokenizer.model from the model this checkpoint was trained from"
+    )
+
+
+def _load_tokenizer(folder: str, hub_kwargs: dict):
+    """:func:`load_tokenizer` on a folder checked to hold a vocabulary."""
+    check_tokenizer_files(Path(folder, hub_kwargs.get("subfolder") or ""))
+    return load_tokenizer(folder, **hub_kwargs)
 
 
 def load_pretrained_model(
@@ -322,7 +375,7 @@ def _load_llava(model_path, model_base, is_lora, customized_config, overwrite_co
     model_class = LLAVA_MODEL_TYPES[config.model_type][1]
 
     weights_folder = model_path if model_base is None else model_base
-    tokenizer = load_tokenizer(weights_folder, **hub_kwargs)
+    tokenizer = _load_tokenizer(weights_folder, hub_kwargs)
     if model_base is not None:
         logger.info("loading the base LM from %s", model_base)
     model, info = _from_pretrained(model_class, weights_folder, config=config, output_loading_info=True,
@@ -399,9 +452,9 @@ def _merge_lora(model, model_path: str):
 def _load_language_model(model_path, model_base, model_kwargs, hub_kwargs):
     """A plain causal LM (no vision), optionally a LoRA on ``model_base``."""
     if model_base is None:
-        return load_tokenizer(model_path, **hub_kwargs), _from_pretrained(AutoModelForCausalLM, model_path,
-                                                                           **model_kwargs)
-    tokenizer = load_tokenizer(model_base, **hub_kwargs)
+        return _load_tokenizer(model_path, hub_kwargs), _from_pretrained(AutoModelForCausalLM, model_path,
+                                                                          **model_kwargs)
+    tokenizer = _load_tokenizer(model_base, hub_kwargs)
     model = _from_pretrained(AutoModelForCausalLM, model_base, **model_kwargs)
     return tokenizer, _merge_lora(model, model_path)
 
@@ -420,6 +473,7 @@ def _prepare_vision(model, tokenizer, plan: DevicePlan, tower_weights: _TowerWei
     tower = model.get_vision_tower()
     if tower is None:
         raise ValueError(f"{config._name_or_path}: the config names no vision tower (mm_vision_tower)")
+    check_safetensors_files(os.path.expanduser(tower.vision_tower_name))
     tower.load_model(device_map=plan.device_map if plan.device.startswith("cuda") else None)
     if tower_weights is not None:  # LLaVA-1.6: the checkpoint's finetuned CLIP, not mm_vision_tower's
         load_vision_tower_weights(tower.vision_tower, tower_weights.state, tower_weights.source)

@@ -105,6 +105,28 @@ def checkpoint_weight_files(folder: str | os.PathLike) -> list[Path]:
     return []
 
 
+def check_safetensors_files(folder: str | os.PathLike) -> None:
+    """Read the header of each ``*.safetensors`` weight file of a local checkpoint folder (a hub id is skipped).
+
+    A truncated or corrupt file fails deep inside ``from_pretrained`` with a message that names no file; this
+    check names it, before anything is loaded.
+
+    Raises:
+        ValueError: naming the file and what safetensors said.
+    """
+    from safetensors import safe_open
+
+    if not Path(folder).is_dir():
+        return
+    for file in Path(folder).glob("*.safetensors"):
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                handle.keys()
+        except Exception as err:  # SafetensorError (any header problem) or OSError: say which file
+            raise ValueError(f"{file} is not a readable safetensors file ({err}): it is truncated or corrupt, "
+                             "copy or download it again") from None
+
+
 def read_prefixed_weights(files: list[Path], prefix: str) -> dict[str, torch.Tensor]:
     """Every tensor whose key starts with ``prefix`` in ``files`` (safetensors read lazily, key by key)."""
     from safetensors import safe_open

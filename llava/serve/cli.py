@@ -7,6 +7,11 @@ generated. An empty line or end of input ends the chat. After the first answer t
 once: ``visual tokens: 576 -> N (mode)`` (patches the tower encoded -> tokens the language model read; an anyres
 LLaVA-1.6 model tiles the image: ``2880 -> N`` for a 672x672 one). The image's original ``(width, height)`` goes
 to ``generate`` as ``image_sizes`` on every turn.
+
+A user's mistake is one ``error: ...`` line on stderr and exit status 2, before the model loads where it can be:
+an unknown ``--conv-mode`` or ``--device``, ``--max-new-tokens`` below 1, both ``--load-8bit`` and
+``--load-4bit``, an empty ``--image-file`` (``","``), a missing or unreadable image; then a checkpoint that cannot
+be loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from transformers import StoppingCriteriaList, TextStreamer
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from ..conv_mode import choose_conv_mode, stop_string
 from ..conversation import conv_templates
-from ..eval.common import configure_logging, default_device, run_cli, visual_token_summary
+from ..eval.common import (
+    check_at_least_one,
+    check_conv_mode,
+    check_device,
+    check_quantization,
+    configure_logging,
+    default_device,
+    run_cli,
+    split_image_files,
+    visual_token_summary,
+)
 from ..mm_utils import (
     KeywordsStoppingCriteria,
     get_model_name_from_path,
@@ -36,12 +51,26 @@ from ..model.token_reduction import add_token_reduction_args
 logger = logging.getLogger("llava.serve.cli")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The flags checked before anything is loaded (each failure a ValueError naming the flag and value).
+
+    ``--image-file`` names one image; it is not split (a ``data:`` URI holds a comma), but an empty path in it
+    read as a comma-separated list (``","``, ``"a.png,"``) is refused as ``run_llava`` refuses it.
+    """
+    check_conv_mode(args.conv_mode)
+    check_device(args.device)
+    check_at_least_one("--max-new-tokens", args.max_new_tokens)
+    check_quantization(args.load_8bit, args.load_4bit)
+    split_image_files(args.image_file, ",")
+
+
 def chat(args: argparse.Namespace) -> None:
     """Load the model and image named by ``args``, then answer stdin lines until an empty line or EOF.
 
     Raises:
-        FileNotFoundError / ValueError: a bad image or model path (checked before the chat starts).
+        FileNotFoundError / ValueError: a bad flag, image or model path (checked before the chat starts).
     """
+    check_args(args)
     image = load_image(args.image_file)  # a bad image fails before the model is loaded
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(

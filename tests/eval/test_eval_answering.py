@@ -170,7 +170,8 @@ def test_missing_image_names_file_and_question_id(vqa_data, tmp_path):
 
 
 def test_failure_midway_leaves_no_half_written_answers(tiny_checkpoint, vqa_data, tmp_path):
-    """The 2nd image exists but is not an image: the run fails after answering the 1st question."""
+    """The 2nd image exists but is not an image: the run fails after answering the 1st question, which is kept in
+    the one partial file (never under the answers file's name)."""
     images = tmp_path / "images"
     images.mkdir()
     (images / "good.png").write_bytes((vqa_data / "images" / "0.png").read_bytes())
@@ -195,5 +196,8 @@ def test_failure_midway_leaves_no_half_written_answers(tiny_checkpoint, vqa_data
     with pytest.raises(ValueError, match=r"question_id 2: .*broken\.png"):
         model_vqa_loader.eval_model(model_vqa_loader.build_parser().parse_args(
             argv(previous) + ["--num-workers", "0"]))
-    assert sorted(p.name for p in out.iterdir()) == ["loader.jsonl"]  # no temporary files left either
+    # one partial file per answers file, nothing else (no pid-named temporary files piling up)
+    assert sorted(p.name for p in out.iterdir()) == [".loader.jsonl.partial", ".vqa.jsonl.partial", "loader.jsonl"]
     assert previous.read_text() == '{"question_id": 1, "text": "old"}\n'
+    for name in (".loader.jsonl.partial", ".vqa.jsonl.partial"):
+        assert [r["question_id"] for r in _read(out / name)] == [1]

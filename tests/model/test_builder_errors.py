@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from loading_helpers import copy_checkpoint, load
+
+from llava.model.builder import load_pretrained_model
+
 
 def test_missing_model_path(tiny_checkpoint, tmp_path):
     missing = tmp_path / "llava-v1.5-7b-nowhere"
@@ -79,3 +84,49 @@ def test_config_without_weights(tiny_checkpoint, tmp_path):
         shutil.copyfile(tiny_checkpoint / name, folder / name)
     with pytest.raises(OSError, match=re.escape(f"could not load model weights from {folder}")):
         load(folder)
+
+
+@pytest.mark.parametrize("text, kind", [("[]", "list"), ('"x"', "str"), ("3", "int")])
+def test_config_that_is_not_an_object(tiny_checkpoint, tmp_path, text, kind):
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-notobject")
+    (folder / "config.json").write_text(text + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'config.json'} must hold a JSON object (the model's "
+                                                   f"settings), got a {kind}")):
+        load(folder)
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'config.json'} must hold a JSON object")):
+        load(folder, name="plain-lm")  # no "llava" in the name: the config is read to tell
+
+
+def test_truncated_safetensors_names_the_file(tiny_checkpoint, tiny_clip, tmp_path):
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-truncated")
+    weights = folder / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 100)
+    with pytest.raises(ValueError, match=re.escape(f"{weights} is not a readable safetensors file")):
+        load(folder)
+    # the vision tower's own checkpoint too
+    clip = Path(shutil.copytree(tiny_clip, tmp_path / "clip-truncated"))
+    os.truncate(clip / "model.safetensors", 1000)
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-tower-truncated", mm_vision_tower=str(clip))
+    with pytest.raises(ValueError, match=re.escape(f"{clip / 'model.safetensors'} is not a readable safetensors")):
+        load(folder)
+
+
+def test_missing_tokenizer_model_names_the_folder(tiny_checkpoint, base_lm, tmp_path):
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "llava-notokenizer")
+    (folder / "tokenizer.model").unlink()
+    assert not (folder / "tokenizer.json").exists()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{folder} has no tokenizer.model (nor tokenizer.json)")):
+        load(folder)
+    # a base LM folder (projector-only checkpoints read the tokenizer there) is checked the same way
+    base = Path(shutil.copytree(base_lm, tmp_path / "vicuna-notokenizer"))
+    for name in ("tokenizer.json", "tokenizer.model"):
+        (base / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{base} has no tokenizer.model")):
+        load(base, name="vicuna-notokenizer")
+
+
+def test_unknown_device_and_two_quantizations(tiny_checkpoint):
+    with pytest.raises(ValueError, match=re.escape("device 'tpu' is not one of cuda, cuda:N, cpu, mps")):
+        load_pretrained_model(str(tiny_checkpoint), None, "llava-v1.5-tiny", device="tpu")
+    with pytest.raises(ValueError, match="load_8bit and load_4bit exclude each other"):
+        load(tiny_checkpoint, load_8bit=True, load_4bit=True)

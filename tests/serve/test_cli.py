@@ -71,3 +71,17 @@ def test_missing_image_is_reported(monkeypatch, capsys, tiny_checkpoint, tmp_pat
 def test_parser_accepts_upstream_flags(flag):
     args = cli.build_parser().parse_args(["--model-path", "m", "--image-file", "x.png", flag])
     assert args.temperature == 0.2 and args.max_new_tokens == 512 and args.conv_mode is None
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--image-file", ","], "--image-file ',': path 1 of 2 is empty (paths are separated by ',')"),
+    (["--image-file", f"{DEMO_IMAGE},"], f"--image-file '{DEMO_IMAGE},': path 2 of 2 is empty"),
+    (["--image-file", str(DEMO_IMAGE), "--conv-mode", "vicuna"], "unknown --conv-mode 'vicuna'; valid modes are "),
+    (["--image-file", str(DEMO_IMAGE), "--device", "tpu"], "unknown --device 'tpu'; expected cuda, cuda:N, cpu"),
+    (["--image-file", str(DEMO_IMAGE), "--load-8bit", "--load-4bit"], "--load-8bit and --load-4bit exclude each"),
+])
+def test_flag_mistakes_are_one_line_before_the_model_loads(monkeypatch, capsys, tmp_path, argv, expected):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    assert cli.main(["--model-path", str(tmp_path / "never-loaded"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {expected}") and err.count("\n") == 1, err
