@@ -136,8 +136,11 @@ class VisualCounts:
     patches: list[int]
 
 
-def load_model(args) -> LoadedModel:
-    """Load ``args.model_path`` (``args.model_base``) on ``args.device`` with the requested token reduction."""
+def load_model(args, *, require_vision_tower: bool = True) -> LoadedModel:
+    """Load ``args.model_path`` (``args.model_base``) on ``args.device`` with the requested token reduction.
+
+    ``require_vision_tower=False`` also accepts a plain language model (``model_qa``'s text-only questions).
+    """
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
@@ -150,7 +153,7 @@ def load_model(args) -> LoadedModel:
         token_reduction=getattr(args, "token_reduction", None),
         token_budget=getattr(args, "token_budget", None),
     )
-    if image_processor is None:
+    if require_vision_tower and image_processor is None:
         raise ValueError(f"{args.model_path} is not a LLaVA checkpoint (it has no vision tower)")
     return LoadedModel(tokenizer, model, image_processor, model_name)
 

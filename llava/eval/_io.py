@@ -158,11 +158,11 @@ def read_questions(
     return [row for _, row in lines]
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a syntax error names ``file:line:column``."""
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file; a missing file names ``what`` it is, a syntax error names ``file:line:column``."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)

@@ -154,38 +154,6 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_json_file(path: str | os.PathLike, what: str) -> Any:
-    """A JSON file; a missing file or a syntax error is a ``FileNotFoundError``/``ValueError`` naming it."""
-    path = Path(os.path.expanduser(os.fspath(path)))
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
-
-
-def read_jsonl_objects(path: str | os.PathLike, what: str) -> list[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line; a bad line is a ``ValueError`` naming ``file:line``."""
-    path = Path(os.path.expanduser(os.fspath(path)))
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
-
-
 class ProgressLog:
     """An append-only JSONL log of finished judgements beside ``output`` (``.<name>.progress.jsonl``).
 

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._io import read_json, read_jsonl_lines
 from ._openai_judge import (
     TABLE_DIR,
     Judge,
@@ -58,8 +59,6 @@ from ._openai_judge import (
     add_judge_args,
     listed,
     make_client,
-    read_json_file,
-    read_jsonl_objects,
     run_judged_cli,
     write_atomically,
 )
@@ -135,7 +134,7 @@ def _text_field(row: dict, key: str, where: str) -> str:
 
 
 def load_rules(path) -> dict[str, dict[str, str]]:
-    rules = read_json_file(path, "rule file")
+    rules = read_json(path, "rule file")
     if not isinstance(rules, dict):
         raise ValueError(f"{path}: expected a JSON object of rules, got {type(rules).__name__}")
     for name, rule in rules.items():
@@ -147,7 +146,7 @@ def load_rules(path) -> dict[str, dict[str, str]]:
 def load_questions(path) -> list[tuple[str, dict]]:
     """``(where, question)`` per line; every field checked, ids unique."""
     questions, seen = [], {}
-    for lineno, row in read_jsonl_objects(path, "question file"):
+    for lineno, row in read_jsonl_lines(path, "question file"):
         where = f"{path}:{lineno}"
         if "question_id" not in row:
             raise ValueError(f"{where}: no 'question_id' field")
@@ -167,7 +166,7 @@ def load_questions(path) -> list[tuple[str, dict]]:
 def load_contexts(path) -> dict[str, str]:
     """image -> the caption text the judge reads (a list of sentences joined with newlines)."""
     contexts = {}
-    for lineno, row in read_jsonl_objects(path, "context file"):
+    for lineno, row in read_jsonl_lines(path, "context file"):
         where = f"{path}:{lineno}"
         image = _text_field(row, "image", where)
         caption = row.get("caption")
@@ -183,7 +182,7 @@ def load_answers(path, questions: list[tuple[str, dict]]) -> dict[Any, dict]:
     """question_id -> answer row, after checking that each question is answered exactly once (and nothing else)."""
     answers: dict[Any, dict] = {}
     lines: dict[Any, int] = {}
-    for lineno, row in read_jsonl_objects(path, "answers file"):
+    for lineno, row in read_jsonl_lines(path, "answers file"):
         where = f"{path}:{lineno}"
         if "question_id" not in row:
             raise ValueError(f"{where}: no 'question_id' field")
@@ -241,7 +240,7 @@ def previous_reviews(output, log: ProgressLog) -> dict[Any, dict]:
     """question_id -> review from an earlier run: the output file, then the progress log (newer, wins)."""
     rows = []
     try:
-        rows = [row for _, row in read_jsonl_objects(output, "review file")]
+        rows = [row for _, row in read_jsonl_lines(output, "review file")]
     except FileNotFoundError:
         pass
     rows += log.read()

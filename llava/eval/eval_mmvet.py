@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._io import read_json
 from ._openai_judge import (
     TABLE_DIR,
     Judge,
@@ -51,7 +52,6 @@ from ._openai_judge import (
     add_judge_args,
     listed,
     make_client,
-    read_json_file,
     run_judged_cli,
     write_atomically,
 )
@@ -127,7 +127,7 @@ class Sample:
 
 
 def load_metadata(path) -> list[Sample]:
-    data = read_json_file(path, "MM-Vet metadata (mm-vet.json)")
+    data = read_json(path, "MM-Vet metadata (mm-vet.json)")
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a JSON object of samples (id -> question, answer, capability)")
     samples = []
@@ -143,7 +143,7 @@ def load_metadata(path) -> list[Sample]:
 
 def load_predictions(path, samples: list[Sample], all_ids: set[str]) -> dict[str, str]:
     """The answers to grade; each sample must have one, and every answer must be an MM-Vet id."""
-    results = read_json_file(path, "answers file (scripts/convert_mmvet_for_eval.py output)")
+    results = read_json(path, "answers file (scripts/convert_mmvet_for_eval.py output)")
     if not isinstance(results, dict):
         raise ValueError(f"{path}: expected a JSON object {{id: answer}}, got {type(results).__name__}")
     bad = [k for k, v in results.items() if not isinstance(v, str)]
@@ -163,7 +163,7 @@ def load_predictions(path, samples: list[Sample], all_ids: set[str]) -> dict[str
 
 def load_sub_set(mmvet_path) -> set[str]:
     path = Path(mmvet_path) / "bard_set.json"
-    ids = read_json_file(path, "MM-Vet sub set (bard_set.json)")
+    ids = read_json(path, "MM-Vet sub set (bard_set.json)")
     if not isinstance(ids, (list, dict)):
         raise ValueError(f"{path}: expected a list (or object) of sample ids")
     return {str(x) for x in ids}
@@ -176,7 +176,7 @@ def _previous_grades(grade_file: Path, log: ProgressLog) -> dict[str, dict]:
     """id -> ``{"model", "content", "score", "answer"?}`` from the grade file, then the progress log's records."""
     grades: dict[str, dict] = {}
     if grade_file.is_file():
-        data = read_json_file(grade_file, "grade file")
+        data = read_json(grade_file, "grade file")
         if not isinstance(data, dict):
             raise ValueError(f"{grade_file}: expected a JSON object of grades")
         for sid, entry in data.items():

@@ -20,48 +20,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
 from ..constants import DEFAULT_IMAGE_TOKEN
-from ..mm_utils import get_model_name_from_path
-from ..model.builder import load_pretrained_model
 from ._generate import (
-    LoadedModel,
     add_common_args,
     build_prompt,
     check_conv_mode,
     encode_prompt,
     generate_answers,
     generation_kwargs,
+    load_model,
     run_main,
 )
 from ._io import AtomicJsonlWriter, answer_record, get_chunk, read_jsonl
-from .common import default_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_parser", "eval_model", "load_text_model", "main"]
+__all__ = ["build_parser", "eval_model", "main"]
 
 QUESTION_KEYS = ("question_id", "text")
-
-
-def load_text_model(args) -> LoadedModel:
-    """Load ``args.model_path`` (a LLaVA checkpoint or a plain LM; ``args.model_base`` for LoRA/projector runs)."""
-    model_path = os.path.expanduser(args.model_path)
-    model_name = get_model_name_from_path(model_path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_path,
-        args.model_base,
-        model_name,
-        device=args.device or default_device(),
-        token_reduction=args.token_reduction,
-        token_budget=args.token_budget,
-    )
-    return LoadedModel(tokenizer, model, image_processor, model_name)
 
 
 def eval_model(args) -> None:
@@ -78,7 +59,7 @@ def eval_model(args) -> None:
         if DEFAULT_IMAGE_TOKEN in q["text"]:
             raise ValueError(f"{where}: the text has an {DEFAULT_IMAGE_TOKEN} token, and model_qa shows no images "
                              "(use llava.eval.model_vqa with --image-folder)")
-    loaded = load_text_model(args)
+    loaded = load_model(args, require_vision_tower=False)
     gen = generation_kwargs(args, loaded.tokenizer)
     with AtomicJsonlWriter(args.answers_file) as out:
         for line in tqdm(questions):

@@ -32,7 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._openai_judge import listed, read_jsonl_objects
+from ._io import read_jsonl_lines
+from ._openai_judge import listed
 
 __all__ = ["CategoryScore", "build_parser", "find_review_files", "main", "summarize_reviews"]
 
@@ -128,7 +129,7 @@ def summarize_files(args) -> int:
     """Print each file's block; returns how many reviews were left out as unparsable."""
     left_out = 0
     for config, path in find_review_files(args):
-        rows = read_jsonl_objects(path, "review file")
+        rows = read_jsonl_lines(path, "review file")
         if not rows:
             raise ValueError(f"{path}: no reviews")
         table, unparsed = summarize_reviews(((f"{path}:{n}", row) for n, row in rows), args.ignore or ())
