@@ -20,6 +20,7 @@ from ..model.token_reduction import TOKEN_REDUCTION_MODES, validate_budget, vali
 LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 QUANT_TYPES = ("nf4", "fp4")
 BITS_CHOICES = (4, 8, 16)
+BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
 def _arg(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - "help" is argparse's name
@@ -114,6 +115,19 @@ class DataArguments:
         "Canvas sizes (width, height) for 'anyres', e.g. '[(336, 672), (672, 336), (672, 672), (1008, 336), "
         "(336, 1008)]' (LLaVA-1.6's); default: the starting checkpoint's image_grid_pinpoints.",
     )
+    bad_samples: str = _arg(
+        "error",
+        "What to do with samples the data check (run before the model loads, llava/train/data_check.py) finds "
+        "unusable: a missing or unreadable image, <image> in the text without an 'image' field or the reverse, no "
+        "assistant turn, or an answer truncated away at --model_max_length (images counted at an upper bound of "
+        "their visual tokens). 'error' (default): stop, listing the first problems as file:index:id and their "
+        "count; 'skip': leave them out of the data set and log how many. A data set without any supervised token "
+        "is an error either way.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.bad_samples not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"--bad_samples must be one of {BAD_SAMPLE_POLICIES}, got {self.bad_samples!r}")
 
 
 @dataclass
@@ -146,6 +160,13 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     group_by_modality_length: bool = _arg(
         False, "Batch image and text-only samples separately, each grouped by length (LLaVA-1.5 finetuning)."
+    )
+    resume_from_checkpoint: str | None = _arg(
+        None,
+        "Which checkpoint to resume from. Unset: the newest complete checkpoint-N in --output_dir, if any "
+        "(upstream's behaviour); True: the same, and it must exist; False: start over; a checkpoint-N folder: that "
+        "one, which must be complete. Incomplete folders (tmp-checkpoint-N of a save that was killed, a "
+        "checkpoint-N lacking trainer_state.json or the run's weights) are skipped with a warning.",
     )
     evaluation_strategy: str | None = _arg(None, "Deprecated alias of --eval_strategy (upstream's scripts pass it).")
     warmup_ratio: float | None = _arg(

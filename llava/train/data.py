@@ -6,9 +6,11 @@ Data file format (upstream LLaVA's)::
       "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]},
      {"id": "000002", "conversations": [...]}]                  # text-only sample
 
-Mistakes in the data are errors that name the data file, the sample index and its id; no sample is dropped:
-the structure of every sample is checked when the dataset is built (before any training step), images are
-opened when their sample is read.
+Mistakes in the data are errors that name the data file, the sample index and its id: the structure of every
+sample is checked when the data file is read (``load_samples``), and ``data_check`` looks for samples that cannot
+train (bad images, ``<image>`` mismatches, no answer within ``--model_max_length``) before the model loads; the
+samples it leaves out with ``--bad_samples skip`` are passed to the dataset as ``exclude``. Images are decoded
+when their sample is read.
 
 Shapes: T tokens, B samples, H = W = the image processor's crop size, 1+t the views of an anyres image (the whole
 image resized, then its t tiles).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,17 @@ def load_samples(data_path: str | os.PathLike) -> list[dict]:
     return samples
 
 
+def require_image_settings(data_path: str, samples: Sequence[dict], *, multimodal: bool,
+                           image_folder: str | None) -> None:
+    """Raise DataError when the data has image samples but the run has no vision tower or no ``--image_folder``."""
+    if not any("image" in s for s in samples):
+        return
+    if not multimodal:
+        raise DataError(f"{data_path} has samples with images but the model has no vision tower (--vision_tower)")
+    if not image_folder:
+        raise DataError(f"{data_path} has samples with images: pass the folder they are in (--image_folder)")
+
+
 def describe_sample(data_path: str, index: int, sample: dict) -> str:
     """``"data.json: sample 3 (id '000004')"``: how errors name a sample."""
     return f"{data_path}: sample {index} (id {sample.get('id')!r})"
@@ -105,6 +118,9 @@ class LazySupervisedDataset(Dataset):
         template: the conversation template (``conversation_for_version(--version)``); default vicuna_v1.
         image_processor: the vision tower's processor; required when the data has images.
         mm_use_im_start_end: wrap ``<image>`` in ``<im_start>``/``<im_end>``.
+        samples: the data file's samples when already read (``load_samples``); read from ``data_path`` if None.
+        exclude: indices (in the data file) of samples to leave out (``--bad_samples skip``). Errors still name
+            a sample by its index in the file.
 
     When the model is multimodal (``data_args.is_multimodal``), a text-only sample gets an all-zero image, as
     upstream does: every batch then runs the vision tower, and the model adds no tokens for it.
@@ -119,22 +135,26 @@ class LazySupervisedDataset(Dataset):
         template: Conversation | None = None,
         image_processor: Any = None,
         mm_use_im_start_end: bool = False,
+        samples: list[dict] | None = None,
+        exclude: Collection[int] = (),
     ) -> None:
         super().__init__()
         self.data_path = os.fspath(data_path)
-        self.samples = load_samples(self.data_path)
+        all_samples = samples if samples is not None else load_samples(self.data_path)
+        excluded = set(exclude)
+        #: the position in the data file of each kept sample
+        self.indices = [i for i in range(len(all_samples)) if i not in excluded]
+        self.samples = [all_samples[i] for i in self.indices]
         self.tokenizer = tokenizer
         self.data_args = data_args
         self.template = template if template is not None else conv_templates["vicuna_v1"]
         self.image_processor = image_processor
         self.mm_use_im_start_end = mm_use_im_start_end
-        has_images = any("image" in s for s in self.samples)
-        if has_images and image_processor is None:
-            raise DataError(
-                f"{self.data_path} has samples with images but the model has no vision tower (--vision_tower)"
-            )
-        if has_images and not data_args.image_folder:
-            raise DataError(f"{self.data_path} has samples with images: pass the folder they are in (--image_folder)")
+        require_image_settings(self.data_path, self.samples, multimodal=image_processor is not None,
+                               image_folder=data_args.image_folder)
+        if len(self.indices) < len(all_samples):
+            logger.warning("%s: %d of %d samples left out (--bad_samples skip)", self.data_path,
+                           len(all_samples) - len(self.indices), len(all_samples))
         logger.info("%s: %d samples (%d with an image)", self.data_path, len(self.samples),
                     sum("image" in s for s in self.samples))
 
@@ -162,7 +182,7 @@ class LazySupervisedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
-        where = describe_sample(self.data_path, index, sample)
+        where = describe_sample(self.data_path, self.indices[index], sample)
         turns = sample["conversations"]
         image = image_size = None
         if "image" in sample:

@@ -4,10 +4,13 @@
 * ``--mm_projector_lr`` / ``--mm_vision_tower_lr``: the projector (with ``image_newline``) and the vision tower
   (``--unfreeze_mm_vision_tower``) get their own learning rates (parameter groups: decay / no decay x rest /
   projector / tower); the groups are logged at the start.
-* ``tune_mm_mlp_adapter=True`` (pretraining): checkpoints and the final save hold only ``mm_projector.bin``.
+* ``tune_mm_mlp_adapter=True`` (pretraining): the weights saved are only ``mm_projector.bin`` (checkpoints also
+  hold the Trainer's optimizer / scheduler / RNG states, so they resume).
 * Full checkpoints leave out the CLIP weights of a frozen folder tower (a trained or finetuned one is saved under
   the released names) and save the tokenizer with its ``tokenizer.model``.
 * LoRA ``checkpoint-N`` folders also get ``non_lora_trainables.bin`` and ``config.json``, so they load.
+* Checkpoints are written under a temporary name and renamed when complete (``checkpoints``); resuming restores
+  every trained weight, the LLaVA files included (``restore``).
 
 The ZeRO-3 gathering helpers live in ``param_gather`` and are re-exported here under upstream's names.
 """
@@ -15,12 +18,14 @@ The ZeRO-3 gathering helpers live in ``param_gather`` and are re-exported here u
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
+
+from .checkpoints import TRAINER_STATE, clear_staging, publish_checkpoint, staging_folder
 
 from .param_gather import (
     get_mm_adapter_state_maybe_zero_3,
@@ -34,6 +39,7 @@ from .sampler import (
     get_modality_length_grouped_indices,
     split_to_even_chunks,
 )
+from .restore import restore_full_weights, restore_non_lora_trainables, restore_projector
 from .saving import full_state_for_save, save_non_lora_trainables, save_projector, save_tokenizer_files
 
 logger = logging.getLogger(__name__)
@@ -136,6 +142,7 @@ class LLaVATrainer(Trainer):
                  tokenizer: Any = None, **kwargs: Any) -> None:
         if tokenizer is not None:
             kwargs.setdefault("processing_class", tokenizer)
+        self._staging_run_dir: str | None = None  # set while a checkpoint is written under its temporary name
         super().__init__(*args, **kwargs)
         self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
         self.use_im_start_end = use_im_start_end
@@ -176,16 +183,74 @@ class LLaVATrainer(Trainer):
 
     # ------------------------------------------------------------------ saving
     def _save_checkpoint(self, model, trial, *args, **kwargs):
-        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
+        """Write ``checkpoint-N`` under its temporary name (``checkpoints.staging_folder``), LLaVA's extras included,
+        then rename it into place: a kill during the save leaves no ``checkpoint-N`` that looks whole.
+
+        Every rank writes into the temporary folder (its RNG state, its DeepSpeed shards); after a barrier the
+        saving process (``args.should_save``) renames it and rotates old checkpoints (``--save_total_limit``).
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        final = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = staging_folder(final)
+        if self.args.should_save:
+            clear_staging(final)
+        self.accelerator.wait_for_everyone()
+        staging.mkdir(parents=True, exist_ok=True)  # projector runs write no model files that would make it
+        self._staging_run_dir = str(staging.parent)
+        try:
+            super()._save_checkpoint(model, trial, *args, **kwargs)  # into staging (see _get_output_dir)
+        finally:
+            self._staging_run_dir = None
+        self._save_llava_extras(staging, final)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if not (staging / TRAINER_STATE).is_file():
+                raise RuntimeError(f"the Trainer did not write {staging / TRAINER_STATE}: transformers may have "
+                                   "changed where _save_checkpoint writes; not publishing a partial checkpoint")
+            publish_checkpoint(staging, final)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            logger.info("saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_run_dir is not None:
+            return self._staging_run_dir
+        return super()._get_output_dir(trial)
+
+    def _save_llava_extras(self, staging: Path, final: Path) -> None:
+        """What LLaVA adds to a checkpoint, written into the temporary folder on every rank (ZeRO-3 gathers):
+        ``non_lora_trainables.bin`` + ``config.json`` (LoRA), ``mm_projector.bin`` + ``config.json`` (projector
+        runs, with upstream's copy in ``<run>/mm_projector/checkpoint-N.bin``). A best-model path the Trainer
+        recorded under the temporary name is pointed at the final one."""
+        should_save = self.args.should_save
         if self.tune_mm_mlp_adapter:
-            save_projector(self.model, output_dir, use_im_start_end=self.use_im_start_end,
-                           is_main_process=self.args.should_save)
-            return None
-        result = super()._save_checkpoint(model, trial, *args, **kwargs)
-        if _is_peft(self.model):
-            save_non_lora_trainables(self.model, output_dir, is_main_process=self.args.should_save)
-        return result
+            save_projector(self.model, staging, use_im_start_end=self.use_im_start_end, is_main_process=should_save,
+                           copy_to=final.parent / "mm_projector" / f"{final.name}.bin")
+        elif _is_peft(self.model):
+            save_non_lora_trainables(self.model, staging, is_main_process=should_save)
+        if self.state.best_model_checkpoint == str(staging):
+            self.state.best_model_checkpoint = str(final)
+            if should_save:
+                self.state.save_to_json(str(staging / TRAINER_STATE))
+
+    # ------------------------------------------------------------------ resuming
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Restore the weights of a ``checkpoint-N`` (without DeepSpeed; see ``restore``): the adapter (by the
+        Trainer) and ``non_lora_trainables.bin`` for LoRA runs, ``mm_projector.bin`` for projector runs, the model
+        files (tower under the released names) for full runs."""
+        target = self.model if model is None else model
+        if self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.tune_mm_mlp_adapter:
+            restore_projector(target, resume_from_checkpoint)
+        elif _is_peft(target):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            restore_non_lora_trainables(target, resume_from_checkpoint)
+        else:
+            restore_full_weights(target, resume_from_checkpoint)
+        logger.info("restored the model weights from %s", resume_from_checkpoint)
+        return None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.tune_mm_mlp_adapter:

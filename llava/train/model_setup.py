@@ -8,6 +8,7 @@ tower weights go over the ``mm_vision_tower`` folder's) -> which parts train.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from ..model.checkpoint_io import (
     vision_tower_state,
 )
 from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
+from ..model.token_reduction import resolve_token_reduction
 from .args import DataArguments, ModelArguments, TrainingArguments
+from .data_check import VisualTokenBound
 from .param_gather import gathered_for_update, register_zero3_external_parameter
 
 logger = logging.getLogger(__name__)
@@ -140,9 +143,16 @@ def apply_lora(model: Any, training_args: TrainingArguments) -> Any:
     return get_peft_model(model, config)
 
 
-def smart_tokenizer_and_embedding_resize(special_tokens: dict[str, str], tokenizer: Any, model: Any) -> None:
-    """Add special tokens and grow the embeddings; new rows start at the mean of the old ones."""
-    added = tokenizer.add_special_tokens(special_tokens)
+def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict[str, Any], tokenizer: Any, model: Any) -> None:
+    """Add special tokens and grow the embeddings; new rows start at the mean of the old ones (as upstream).
+
+    Args:
+        special_tokens_dict: ``tokenizer.add_special_tokens``'s argument, e.g. ``{"pad_token": "[PAD]"}``
+            (upstream's parameter name: callers pass ``special_tokens_dict=``).
+        tokenizer: grows by the tokens it did not have yet.
+        model: its input and output embeddings go from ``[V, D]`` to ``[len(tokenizer), D]``.
+    """
+    added = tokenizer.add_special_tokens(special_tokens_dict)
     model.resize_token_embeddings(len(tokenizer))
     if added > 0:
         for matrix in (model.get_input_embeddings().weight.data, model.get_output_embeddings().weight.data):
@@ -153,7 +163,8 @@ def configure_padding(tokenizer: Any, model: Any, version: str | None) -> None:
     """Upstream's pad-token rule: ``v0`` adds ``[PAD]`` when missing; every other version pads with ``<unk>``."""
     if version == "v0":
         if tokenizer.pad_token is None:
-            smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+            smart_tokenizer_and_embedding_resize(special_tokens_dict={"pad_token": "[PAD]"}, tokenizer=tokenizer,
+                                                 model=model)
         return
     if tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token
@@ -173,20 +184,8 @@ def resolve_image_settings(config: Any, model_args: ModelArguments, data_args: D
     Raises:
         ValueError: "anyres" without pinpoints anywhere, or pinpoints that are not (width, height) pairs.
     """
-    aspect = data_args.image_aspect_ratio or ""
-    pinpoints = data_args.image_grid_pinpoints
-    if aspect.startswith("anyres") and pinpoints is None:
-        pinpoints = getattr(config, "image_grid_pinpoints", None)
-        if pinpoints is None:
-            raise ValueError(f"--image_aspect_ratio {aspect} needs --image_grid_pinpoints (the starting checkpoint "
-                             f"{model_args.model_name_or_path} has none), e.g. LLaVA-1.6's "
-                             "'[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]'")
-    if pinpoints is not None:
-        try:
-            pinpoints = [list(pair) for pair in parse_grid_pinpoints(pinpoints)]
-        except ValueError as err:
-            raise ValueError(f"--image_grid_pinpoints: {err}") from None
-    data_args.image_grid_pinpoints = pinpoints
+    data_args.image_grid_pinpoints = grid_pinpoints_for_run(
+        data_args, getattr(config, "image_grid_pinpoints", None), model_args.model_name_or_path)
 
     if not getattr(config, "mm_vision_tower", None):
         return  # not a LLaVA checkpoint: nothing to compare with
@@ -196,6 +195,69 @@ def resolve_image_settings(config: Any, model_args: ModelArguments, data_args: D
         if before is not None and before != value:
             logger.warning("%s was trained with %s %r; this run uses %s %r", model_args.model_name_or_path, key,
                            before, flag, value)
+
+
+def grid_pinpoints_for_run(data_args: DataArguments, checkpoint_pinpoints: Any,
+                           checkpoint: str | None) -> list[list[int]] | None:
+    """The run's anyres canvases, ``[[width, height], ...]``: ``--image_grid_pinpoints``, else (with
+    ``image_aspect_ratio`` "anyres") the starting checkpoint's ``checkpoint_pinpoints``; None when neither.
+
+    Raises:
+        ValueError: "anyres" without pinpoints anywhere, or pinpoints that are not (width, height) pairs.
+    """
+    aspect = data_args.image_aspect_ratio or ""
+    pinpoints = data_args.image_grid_pinpoints
+    if aspect.startswith("anyres") and pinpoints is None:
+        pinpoints = checkpoint_pinpoints
+        if pinpoints is None:
+            raise ValueError(f"--image_aspect_ratio {aspect} needs --image_grid_pinpoints (the starting checkpoint "
+                             f"{checkpoint} has none), e.g. LLaVA-1.6's "
+                             "'[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]'")
+    if pinpoints is None:
+        return None
+    try:
+        return [list(pair) for pair in parse_grid_pinpoints(pinpoints)]
+    except ValueError as err:
+        raise ValueError(f"--image_grid_pinpoints: {err}") from None
+
+
+def read_config_json(name_or_path: str, cache_dir: str | None = None) -> dict[str, Any]:
+    """The starting checkpoint's ``config.json`` as a dict ({} when it has none): read before the model loads."""
+    folder = config_folder(name_or_path, cache_dir)
+    if folder is None:
+        return {}
+    with open(folder / "config.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def visual_token_bound(model_args: ModelArguments, data_args: DataArguments,
+                       training_args: TrainingArguments) -> VisualTokenBound | None:
+    """How many visual tokens per image the data check counts (``data_check.VisualTokenBound``), from the vision
+    tower's config and the run's image settings, without loading a model; None for text-only runs."""
+    if model_args.vision_tower is None:
+        return None
+    from transformers import CLIPVisionConfig
+
+    tower = CLIPVisionConfig.from_pretrained(model_args.vision_tower, cache_dir=training_args.cache_dir)
+    start = read_config_json(model_args.model_name_or_path, training_args.cache_dir)
+    reduction = resolve_token_reduction(
+        flag_mode=model_args.token_reduction, flag_budget=model_args.token_budget,
+        config_mode=start.get("mm_token_reduction"), config_budget=start.get("mm_token_budget"),
+        checkpoint_name=model_args.model_name_or_path)
+    anyres = (data_args.image_aspect_ratio or "").startswith("anyres")
+    pinpoints = None
+    if anyres:
+        pinpoints = grid_pinpoints_for_run(data_args, start.get("image_grid_pinpoints"),
+                                           model_args.model_name_or_path)
+    return VisualTokenBound(
+        patches_per_side=tower.image_size // tower.patch_size,
+        tile_size=tower.image_size,
+        reduction=reduction.mode if reduction.enabled else None,
+        budget=reduction.budget,
+        cls_kept=model_args.mm_vision_select_feature == "cls_patch",
+        grid_pinpoints=pinpoints,
+        unpad="unpad" in (model_args.mm_patch_merge_type or ""),
+    )
 
 
 def load_finetuned_tower(tower: Any, checkpoint: str, cache_dir: str | None = None) -> None:
@@ -337,13 +399,25 @@ def ensure_deepspeed_comm(training_args: TrainingArguments) -> None:
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
+def load_run_tokenizer(model_args: ModelArguments, training_args: TrainingArguments) -> Any:
+    """The starting checkpoint's tokenizer as the run uses it (``--model_max_length``, right padding), before the
+    model: the data check tokenizes with it. ``build_model_and_tokenizer`` adds the run's special tokens."""
+    return load_tokenizer(model_args.model_name_or_path, cache_dir=training_args.cache_dir,
+                          model_max_length=training_args.model_max_length, padding_side="right")
+
+
 def build_model_and_tokenizer(
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: TrainingArguments,
     attn_implementation: str | None,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any, Any]:
-    """Everything before the Trainer: ``(model, tokenizer, image_processor or None)``."""
+    """Everything before the Trainer: ``(model, tokenizer, image_processor or None)``.
+
+    Args:
+        tokenizer: the run's tokenizer when already loaded (``load_run_tokenizer``); loaded here when None.
+    """
     ensure_deepspeed_comm(training_args)
     model = load_language_model(model_args, training_args, attn_implementation)
     model.config.use_cache = False
@@ -360,8 +434,8 @@ def build_model_and_tokenizer(
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
 
-    tokenizer = load_tokenizer(model_args.model_name_or_path, cache_dir=training_args.cache_dir,
-                               model_max_length=training_args.model_max_length, padding_side="right")
+    if tokenizer is None:
+        tokenizer = load_run_tokenizer(model_args, training_args)
     configure_padding(tokenizer, model, model_args.version)
 
     image_processor = None

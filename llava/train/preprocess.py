@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .._tokenization import adds_bos_token, encode_text
 from ..constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from ..conversation import Conversation, SeparatorStyle, conv_templates
 from ..mm_utils import tokenizer_image_token
@@ -127,8 +128,16 @@ def render_turns(template: Conversation, turns: Sequence[Mapping[str, str]]) -> 
     return conv
 
 
-def _ids(text: str, tokenizer: Any) -> list[int]:
-    return tokenizer_image_token(text, tokenizer)
+def text_ids(text: str, tokenizer: Any) -> list[int]:
+    """``[T]`` ids of ``text`` with BOS (when the tokenizer adds one), ``"<image>"`` kept as plain text.
+
+    What ``tokenizer(text).input_ids`` gave with the slow tokenizer the checkpoints trained with (``encode_text``).
+    """
+    return ([tokenizer.bos_token_id] if adds_bos_token(tokenizer) else []) + encode_text(tokenizer, text)
+
+
+def _ids(text: str, tokenizer: Any, has_image: bool = True) -> list[int]:
+    return tokenizer_image_token(text, tokenizer) if has_image else text_ids(text, tokenizer)
 
 
 def _prefix_prompt(conv: Conversation, messages: list, upto: int, reply: str | None) -> str:
@@ -139,7 +148,12 @@ def _prefix_prompt(conv: Conversation, messages: list, upto: int, reply: str | N
 
 
 def tokenize_chat(
-    turns: Sequence[Mapping[str, str]], tokenizer: Any, template: Conversation, *, where: str = "sample"
+    turns: Sequence[Mapping[str, str]],
+    tokenizer: Any,
+    template: Conversation,
+    *,
+    where: str = "sample",
+    has_image: bool = True,
 ) -> TokenizedConversation:
     """TWO / LLAMA_2 / MPT templates: the rendered conversation, labels on the assistant replies only.
 
@@ -148,10 +162,12 @@ def tokenize_chat(
         tokenizer: the run's tokenizer.
         template: a template with sep_style TWO, LLAMA_2 or MPT.
         where: names the sample in the mismatch warning.
+        has_image: each ``"<image>"`` becomes IMAGE_TOKEN_INDEX; False tokenizes it as plain text (upstream's
+            text-only path, ``has_image=False``). Text without ``"<image>"`` gives the same ids either way.
     """
     conv = render_turns(template, turns)
     prompt = conv.get_prompt()
-    full = _ids(prompt, tokenizer)
+    full = _ids(prompt, tokenizer, has_image)
     labels = [IGNORE_INDEX] * len(full)
     messages = conv.messages
     for j in range(1, len(messages), 2):
@@ -159,7 +175,7 @@ def tokenize_chat(
         after = _prefix_prompt(conv, messages, j, messages[j][1])  # ends after the reply's closing separator
         if not (prompt.startswith(before) and prompt.startswith(after)):
             raise AssertionError(f"{template.sep_style}: partial prompts are not prefixes of the prompt")
-        start_ids, end_ids = _ids(before, tokenizer), _ids(after, tokenizer)
+        start_ids, end_ids = _ids(before, tokenizer, has_image), _ids(after, tokenizer, has_image)
         if full[: len(start_ids)] != start_ids or full[: len(end_ids)] != end_ids:
             logger.warning(
                 "%s: tokenization mismatch at assistant turn %d (the prompt does not tokenize as its prefixes): "
@@ -193,6 +209,9 @@ def preprocess(
     turns: Sequence[Mapping[str, str]], tokenizer: Any, template: Conversation, *, where: str = "sample"
 ) -> TokenizedConversation:
     """Tokenize one conversation with the rule of ``template``'s separator style (see the module docstring).
+
+    Upstream's batch-level ``preprocess(sources, tokenizer, has_image=False)``, which reads the template from
+    ``llava.conversation.default_conversation``, is ``llava.train.train.preprocess`` (``upstream_api``).
 
     Raises:
         ConversationError: a conversation the template cannot render.

@@ -7,7 +7,8 @@
   folder without it is not a finished checkpoint).
 * Projector-only runs (``--tune_mm_mlp_adapter``): ``mm_projector.bin`` (keys ``model.mm_projector.*``, and
   ``model.image_newline`` for the "unpad" layouts) and ``config.json``; for ``checkpoint-N`` folders, also
-  ``<run>/mm_projector/checkpoint-N.bin`` as upstream.
+  ``<run>/mm_projector/checkpoint-N.bin`` as upstream, and the Trainer's optimizer / scheduler / RNG states and
+  ``trainer_state.json``, so that they resume (``llava/train/restore.py``).
 * Full runs: ``model.safetensors`` + ``config.json`` + the tokenizer, without the CLIP weights when the tower is
   the ``mm_vision_tower`` folder's (frozen, config ``unfreeze_mm_vision_tower`` false: they are loaded from there);
   a trained or finetuned tower is saved as ``model.vision_tower.vision_tower.vision_model.*``.
@@ -57,6 +58,18 @@ def release_tower_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def module_tower_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``release_tower_keys``: ``[prefix]vision_tower.vision_tower.vision_model.X`` ->
+    ``[prefix]vision_tower.vision_tower.X``, the names of transformers 5's ``CLIPVisionModel`` inside the model."""
+    out = {}
+    for key, value in state.items():
+        head, found, tail = key.partition(_TOWER_MODEL)
+        if found and tail.startswith(_CLIP_VISION_LEVEL):
+            key = f"{head}{_TOWER_MODEL}{tail[len(_CLIP_VISION_LEVEL):]}"
+        out[key] = value
+    return out
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path.tmp``, then rename over ``path``."""
     path = Path(path)
@@ -101,18 +114,20 @@ def projector_keys(use_im_start_end: bool = False) -> list[str]:
 
 
 def save_projector(model: Any, output_dir: str | os.PathLike, *, use_im_start_end: bool = False,
-                   is_main_process: bool = True) -> None:
+                   is_main_process: bool = True, copy_to: str | os.PathLike | None = None) -> None:
     """Write ``mm_projector.bin`` (and ``config.json``) for a ``--tune_mm_mlp_adapter`` run.
 
-    A ``checkpoint-N`` folder also gets its copy in ``<run>/mm_projector/checkpoint-N.bin`` (upstream's layout).
+    Args:
+        copy_to: a second file to write the same weights to: for ``checkpoint-N``, the trainer passes
+            ``<run>/mm_projector/checkpoint-N.bin`` (upstream's layout).
     """
     state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), projector_keys(use_im_start_end))
     if not is_main_process:
         return
     output_dir = Path(output_dir)
     atomic_torch_save(state, output_dir / "mm_projector.bin")
-    if output_dir.name.startswith("checkpoint-"):
-        atomic_torch_save(state, output_dir.parent / "mm_projector" / f"{output_dir.name}.bin")
+    if copy_to is not None:
+        atomic_torch_save(state, copy_to)
     save_config(model.config, output_dir)
     logger.info("saved %d projector tensors to %s", len(state), output_dir / "mm_projector.bin")
 

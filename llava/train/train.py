@@ -21,15 +21,17 @@ What is written to ``--output_dir`` is described in ``llava/train/saving.py``.
 from __future__ import annotations
 
 import logging
-import pathlib
 import sys
 from collections.abc import Sequence
 
 import torch
+import transformers
 
 from llava.model.builder import choose_attn_implementation
 from llava.train.args import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.train.checkpoints import resolve_resume_checkpoint, run_kind
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.train.data_check import CheckSettings, check_training_data
 from llava.train.llava_trainer import (
     LLaVATrainer,
     get_mm_adapter_state_maybe_zero_3,
@@ -40,9 +42,23 @@ from llava.train.llava_trainer import (
 from llava.train.model_setup import (
     build_model_and_tokenizer,
     find_all_linear_names,
+    load_run_tokenizer,
     smart_tokenizer_and_embedding_resize,
+    visual_token_bound,
 )
-from llava.train.preprocess import conversation_for_version, preprocess
+from llava.train.preprocess import conversation_for_version
+from llava.train.upstream_api import (
+    _mask_targets,
+    _tokenize_fn,
+    preprocess,
+    preprocess_llama_2,
+    preprocess_mpt,
+    preprocess_multimodal,
+    preprocess_plain,
+    preprocess_v1,
+    rank0_print,
+    safe_save_model_for_hf_trainer,
+)
 from llava.train.saving import save_lora_checkpoint, save_projector
 
 logger = logging.getLogger(__name__)
@@ -61,8 +77,17 @@ __all__ = [  # upstream's train.py names, for scripts that import them from here
     "make_supervised_data_module",
     "maybe_zero_3",
     "preprocess",
+    "preprocess_llama_2",
+    "preprocess_mpt",
+    "preprocess_multimodal",
+    "preprocess_plain",
+    "preprocess_v1",
+    "rank0_print",
+    "safe_save_model_for_hf_trainer",
     "smart_tokenizer_and_embedding_resize",
     "train",
+    "_mask_targets",
+    "_tokenize_fn",
 ]
 
 
@@ -85,26 +110,48 @@ def save_trained_model(trainer: LLaVATrainer, model, training_args: TrainingArgu
         trainer.save_model(output_dir)
 
 
-def train(attn_implementation: str | None = None, argv: Sequence[str] | None = None) -> LLaVATrainer:
+def seed_run(training_args: TrainingArguments) -> None:
+    """Seed python, numpy and torch from ``--seed`` (``--full_determinism``: also deterministic kernels), before
+    anything random happens: the weights the run creates (LoRA, a new projector) then follow the seed."""
+    if training_args.full_determinism:
+        transformers.enable_full_determinism(training_args.seed)
+    else:
+        transformers.set_seed(training_args.seed)
+
+
+def train(attn_implementation: str | None = None, argv: Sequence[str] | None = None,
+          callbacks: Sequence[transformers.TrainerCallback] | None = None) -> LLaVATrainer:
     """Parse the command line (``argv``, default ``sys.argv[1:]``), train, save; returns the trainer.
+
+    Order: seed (``--seed``) -> tokenizer -> data check (``data_check``, before the model loads; ``--bad_samples``)
+    -> model -> Trainer -> resume (``--resume_from_checkpoint``; by default the newest complete ``checkpoint-N``
+    in ``--output_dir``, see ``checkpoints``) -> train -> save.
 
     Args:
         attn_implementation: "flash_attention_2" (``train_mem.py``), "sdpa", "eager" or None (transformers'
             default). flash-attn falls back to sdpa, with a message, when it cannot run here.
+        callbacks: extra ``transformers.TrainerCallback``s for the Trainer.
     """
     model_args, data_args, training_args = parse_args(list(argv) if argv is not None else None)
     _configure_logging(training_args)
+    seed_run(training_args)
     if attn_implementation is not None:
         attn_implementation = choose_attn_implementation(False, attn_implementation, str(training_args.device))
 
-    model, tokenizer, image_processor = build_model_and_tokenizer(
-        model_args, data_args, training_args, attn_implementation
-    )
+    tokenizer = load_run_tokenizer(model_args, training_args)
     template = conversation_for_version(model_args.version)
+    samples, excluded = check_training_data(data_args.data_path, tokenizer, CheckSettings(
+        template=template, model_max_length=training_args.model_max_length, image_folder=data_args.image_folder,
+        visual_tokens=visual_token_bound(model_args, data_args, training_args),
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+    ), data_args.bad_samples)
+    model, tokenizer, image_processor = build_model_and_tokenizer(
+        model_args, data_args, training_args, attn_implementation, tokenizer=tokenizer
+    )
     data_args.is_multimodal = image_processor is not None
     data_module = make_supervised_data_module(
         tokenizer, data_args, template=template, image_processor=image_processor,
-        mm_use_im_start_end=model_args.mm_use_im_start_end,
+        mm_use_im_start_end=model_args.mm_use_im_start_end, samples=samples, exclude=excluded,
     )
     trainer = LLaVATrainer(
         model=model,
@@ -112,14 +159,12 @@ def train(attn_implementation: str | None = None, argv: Sequence[str] | None = N
         args=training_args,
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
         use_im_start_end=model_args.mm_use_im_start_end,
+        callbacks=list(callbacks) if callbacks else None,
         **data_module,
     )
-    resume = bool(list(pathlib.Path(training_args.output_dir).glob("checkpoint-*")))
-    if resume and model_args.tune_mm_mlp_adapter:
-        logger.warning("%s has checkpoint folders, but projector-only checkpoints cannot be resumed: starting over",
-                       training_args.output_dir)
-        resume = False
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    kind = run_kind(lora_enable=training_args.lora_enable, tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter)
+    checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint, kind)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     model.config.use_cache = True
     save_trained_model(trainer, model, training_args, tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
