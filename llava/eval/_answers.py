@@ -21,11 +21,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llava.eval._io import read_jsonl_lines
-
-#: how many ids an error message lists before it says "and N more"
-MAX_LISTED = 3
-
+from llava.eval._io import listed, read_jsonl_lines
 
 class AnswersError(ValueError):
     """An answers file that cannot be scored; the message names the file, the line and the id."""
@@ -47,21 +43,19 @@ def describe_question_id(key: Any) -> str:
     return f"question_id {key!r}"
 
 
-def _listed(items: list[str]) -> str:
-    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return "; ".join(items[:MAX_LISTED]) + more
-
-
 def read_answers(
     path: str | os.PathLike,
     key: Callable[[Answer], Hashable] | None = None,
     what: str = "result file",
+    fields: tuple[str, ...] = ("text", "prompt"),
 ) -> list[Answer]:
     """The answers of a JSONL answers file, in file order, each line checked.
 
     Args:
         key: what an answer is matched by, computed from the checked answer (default: its ``question_id``); a
             ``ValueError`` it raises is reported with the file, line and id.
+        fields: the string fields every line must have (a reference answers file, e.g. LLaVA-Bench's GPT-4
+            answers, has no ``prompt``: its Answer gets ``""``).
     Raises:
         FileNotFoundError: no such file.
         AnswersError: a line that is not a JSON object, has no ``question_id`` (or one that is not a string or an
@@ -82,13 +76,14 @@ def read_answers(
         qid = row["question_id"]
         if isinstance(qid, bool) or not isinstance(qid, (str, int)):
             raise AnswersError(f"{where}: question_id {qid!r} is {type(qid).__name__}, expected a string or an integer")
-        for field in ("text", "prompt"):
+        for field in fields:
             if field not in row:
                 raise AnswersError(f"{where}: question_id {qid!r}: no {field!r} field")
             if not isinstance(row[field], str):
                 got = "null" if row[field] is None else f"{type(row[field]).__name__} {row[field]!r}"
                 raise AnswersError(f"{where}: question_id {qid!r}: {field!r} is {got}, expected a string")
-        answer = Answer(line=line, question_id=qid, text=row["text"], prompt=row["prompt"], row=row, key=qid)
+        answer = Answer(line=line, question_id=qid, text=row.get("text", ""), prompt=row.get("prompt", ""), row=row,
+                        key=qid)
         if key is not None:
             try:
                 answer = Answer(line, qid, answer.text, answer.prompt, row, key(answer))
@@ -125,7 +120,7 @@ def match_answers(
     repeated = [f"line {lines[want[k] or 1]} repeats {describe(k)} of line {lines[0]}"
                 for k, lines in seen.items() if k in want and len(lines) > want[k]]
     if repeated:
-        raise AnswersError(f"{path}: {len(repeated)} repeated id(s): {_listed(repeated)}")
+        raise AnswersError(f"{path}: {len(repeated)} repeated id(s): {listed(repeated, sep='; ')}")
     extra = [f"line {lines[0]}: {describe(k)}" for k, lines in seen.items() if k not in want]
     missing = []
     for k, n in want.items():
@@ -134,9 +129,9 @@ def match_answers(
             missing.append(f"{describe(k)}{at}")
     problems = []
     if extra:
-        problems.append(f"{len(extra)} answer(s) for ids that are not in {expected_file}: {_listed(extra)}")
+        problems.append(f"{len(extra)} answer(s) for ids that are not in {expected_file}: {listed(extra, sep='; ')}")
     if missing:
-        problems.append(f"no answer for {len(missing)} id(s) of {expected_file}: {_listed(missing)}")
+        problems.append(f"no answer for {len(missing)} id(s) of {expected_file}: {listed(missing, sep='; ')}")
     if problems:
         hint = " (is it the answers file of a complete run on these questions?)"
         if extra and missing and {str(k) for k in seen if k not in want} & {str(k) for k in want if k not in seen}:

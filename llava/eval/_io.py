@@ -31,8 +31,15 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: how many missing images an error message lists before it says "and N more"
-_MAX_LISTED = 3
+#: how many items (ids, files) an error message lists before it says "and N more"
+MAX_LISTED = 3
+
+
+def listed(items: Iterable[Any], *, sep: str = ", ", most: int = MAX_LISTED) -> str:
+    """The first ``most`` items joined by ``sep``, then ``" and N more"``: ``"a, b, c and 2 more"``."""
+    items = [str(x) for x in items]
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return sep.join(items[:most]) + more
 
 
 # --- sharding -------------------------------------------------------------------------------------------------
@@ -190,10 +197,9 @@ def check_images_exist(items: Sequence[tuple[Any, str]], question_file: str | os
     missing = [(qid, path) for qid, path in items if not os.path.isfile(path)]
     if not missing:
         return
-    listed = "; ".join(f"{path} (question_id {qid!r})" for qid, path in missing[:_MAX_LISTED])
-    more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    names = listed((f"{path} (question_id {qid!r})" for qid, path in missing), sep="; ")
     raise FileNotFoundError(
-        f"{len(missing)} image file(s) of {os.fspath(question_file)} not found: {listed}{more}"
+        f"{len(missing)} image file(s) of {os.fspath(question_file)} not found: {names}"
     )
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _io
+
 logger = logging.getLogger(__name__)
 
 #: attempts after the first one for a transient failure (the ``openai`` client's ``max_retries``)
@@ -53,10 +55,8 @@ class UnparsableRepliesError(RuntimeError):
 
 
 def listed(items: Sequence[Any]) -> str:
-    """``"a, b, c and 2 more"``."""
-    items = [str(x) for x in items]
-    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return ", ".join(items[:MAX_LISTED]) + more
+    """``"a, b, c, d, e and 2 more"``: ``_io.listed`` with this module's longer lists."""
+    return _io.listed(items, most=MAX_LISTED)
 
 
 # --- the judge ------------------------------------------------------------------------------------------------

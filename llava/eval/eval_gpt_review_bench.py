@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._answers import match_answers, read_answers
 from ._io import read_json, read_jsonl_lines
 from ._openai_judge import (
     TABLE_DIR,
@@ -178,34 +179,14 @@ def load_contexts(path) -> dict[str, str]:
     return contexts
 
 
-def load_answers(path, questions: list[tuple[str, dict]]) -> dict[Any, dict]:
-    """question_id -> answer row, after checking that each question is answered exactly once (and nothing else)."""
-    answers: dict[Any, dict] = {}
-    lines: dict[Any, int] = {}
-    for lineno, row in read_jsonl_lines(path, "answers file"):
-        where = f"{path}:{lineno}"
-        if "question_id" not in row:
-            raise ValueError(f"{where}: no 'question_id' field")
-        qid = row["question_id"]
-        _check_id(qid, where)
-        _text_field(row, "text", f"{where}: question_id {qid!r}")
-        if qid in answers:
-            raise ValueError(f"{where}: question_id {qid!r} repeats line {lines[qid]}")
-        answers[qid], lines[qid] = row, lineno
-    wanted = [q["question_id"] for _, q in questions]
-    missing = [qid for qid in wanted if qid not in answers]
-    extra = [qid for qid in answers if qid not in set(wanted)]
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append(f"no answer for {len(missing)} question(s): question_id {listed(missing)}")
-        if extra:
-            problems.append(f"{len(extra)} answer(s) to no question: question_id {listed(extra)}")
-        hint = ""
-        if {str(x) for x in missing} & {str(x) for x in extra}:
-            hint = ' (ids are compared with their JSON type: 1 and "1" differ)'
-        raise ValueError(f"{path}: " + "; ".join(problems) + hint)
-    return answers
+def load_answers(path, questions: list[tuple[str, dict]], question_file) -> dict[Any, dict]:
+    """question_id -> answer row, after checking that each question is answered exactly once (and nothing else)
+    and that each answer has a ``text`` (``_answers.read_answers`` / ``match_answers``)."""
+    expected = [q["question_id"] for _, q in questions]
+    lines = {q["question_id"]: int(where.rsplit(":", 1)[1]) for where, q in questions}
+    answers = read_answers(path, what="answers file", fields=("text",))
+    matched = match_answers(answers, expected, path, question_file, lines)
+    return {qid: answer.row for qid, answer in matched.items()}
 
 
 def build_items(args) -> list[Item]:
@@ -215,8 +196,8 @@ def build_items(args) -> list[Item]:
     questions = load_questions(args.question)
     contexts = load_contexts(args.context)
     rules = load_rules(args.rule)
-    answers1 = load_answers(args.answer_list[0], questions)
-    answers2 = load_answers(args.answer_list[1], questions)
+    answers1 = load_answers(args.answer_list[0], questions, args.question)
+    answers2 = load_answers(args.answer_list[1], questions, args.question)
     items = []
     for idx, (where, q) in enumerate(questions):
         qid = q["question_id"]

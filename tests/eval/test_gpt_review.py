@@ -313,8 +313,9 @@ def test_review_input_mistakes(bench, tmp_path, capsys):
                  + [{"question_id": "3", "text": MODEL[3]}])
     rc, err = run()
     assert rc == 2
-    assert (f"{bench / 'answers' / 'tiny.jsonl'}: no answer for 1 question(s): question_id 3; 1 answer(s) to no "
-            "question: question_id 3 (ids are compared with their JSON type") in err
+    answers, questions = bench / "answers" / "tiny.jsonl", bench / "questions.jsonl"
+    assert (f"{answers}: 1 answer(s) for ids that are not in {questions}: line 4: question_id '3'; and no answer "
+            f"for 1 id(s) of {questions}: question_id 3 (line 4) (ids are compared with their JSON type") in err
     write_model_answers(bench, MODEL)
 
     _write_jsonl(bench / "questions.jsonl", QUESTIONS[:3] + [{**QUESTIONS[3], "category": "poem"}])
