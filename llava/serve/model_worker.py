@@ -36,7 +36,8 @@ The checks themselves are pure functions in :mod:`llava.serve.request_limits`.
 Controller: with ``--worker-token`` (default: the environment variable ``LLAVA_WORKER_TOKEN``) registrations and
 heartbeats carry ``worker_token``, as a controller started with the same secret requires. On SIGTERM / Ctrl-C and at
 the end of the app's lifespan the worker stops its heartbeats and POSTs ``/deregister_worker``, so the controller
-stops routing to it at once rather than at heartbeat expiry.
+stops routing to it at once rather than at heartbeat expiry. That protocol is :mod:`llava.serve.controller_link`;
+the HTTP app is :mod:`llava.serve.worker_app`.
 
 At most ``--limit-model-concurrency`` requests generate at once; the others wait (they count in queue_length).
 The semaphore, counters and heartbeat thread belong to the :class:`ModelWorker` instance.
@@ -52,11 +53,9 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -87,29 +86,28 @@ from ._generation import (
     find_stop,
     stop_prefix_length,
 )
+from .controller_link import ControllerLink
 from ._stream import ERROR_GENERATION, ERROR_NONE, encode_stream_object, error_object
 from .request_limits import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_TOTAL_PIXELS,
     image_sizes_within_budget,
-    read_json_object,
     serving_context_len,
     visual_token_upper_bound,
 )
 
 try:
     import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
     from starlette.concurrency import iterate_in_threadpool
 except ImportError as err:  # the serve extra is optional
     raise ImportError(f"the LLaVA model worker needs fastapi and uvicorn ({err}): pip install 'llava[serve]'") from err
 
+from .worker_app import WorkerServer, create_app  # noqa: E402 (after the check that fastapi is there)
+
 # A fixed name rather than __name__, which is "__main__" under `python -m`.
 logger = logging.getLogger("llava.serve.model_worker")
 
-HTTP_TIMEOUT = 5.0  # seconds for calls to the controller
 WORKER_TOKEN_ENV = "LLAVA_WORKER_TOKEN"  # as llava.serve.controller
 
 
@@ -169,16 +167,11 @@ class ModelWorker:
             raise ValueError(f"--limit-model-concurrency must be at least 1, got {limit_model_concurrency}")
         if stream_interval < 1:
             raise ValueError(f"--stream-interval must be at least 1, got {stream_interval}")
-        self.controller_addr = controller_addr.rstrip("/")
-        self.worker_addr = worker_addr.rstrip("/")
         self.worker_id = worker_id
-        self.no_register = no_register
         model_path = model_path.rstrip("/")
         self.model_name = model_name or get_model_name_from_path(model_path)
         self.limit_model_concurrency = limit_model_concurrency
         self.stream_interval = stream_interval
-        self.heart_beat_interval = heart_beat_interval
-        self.worker_token = worker_token or None
         self.max_request_bytes = max_request_bytes
         self.max_images = max_images
         self.max_total_pixels = max_total_pixels
@@ -202,121 +195,47 @@ class ModelWorker:
         self.queue_length = 0  # requests waiting or generating; changed on the event loop only
         self.request_count = 0
         self._prefill_lock = threading.Lock()  # one prompt encoding at a time: last_visual_token_counts is shared
-        self._stop = threading.Event()
-        self._beat_now = threading.Event()
-        self._heart_beat_thread: threading.Thread | None = None
-        self._deregister_lock = threading.Lock()
-        self._deregistered = False
+        self.controller = ControllerLink(
+            controller_addr, worker_addr, status=self.get_status, queue_length=self.get_queue_length,
+            describe=self._heart_beat_line, enabled=not no_register, heart_beat_interval=heart_beat_interval,
+            worker_token=worker_token)
 
-    # --- controller ---------------------------------------------------------------------------------------
+    # --- controller (llava.serve.controller_link) -------------------------------------------------------------
 
     def start(self) -> None:
-        """Make the semaphore (call on the serving event loop) and start the thread that registers and heartbeats.
+        """Make the semaphore (call on the serving event loop) and start registering and heartbeating.
 
-        Registration happens on that thread: the controller lists a worker only once it has answered
+        Registration happens on the link's thread: the controller lists a worker only once it has answered
         ``/worker_get_status`` itself, which this one can do only after the server has started listening, i.e.
         after the lifespan startup that calls this.
         """
         self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
-        if self.no_register:
-            return
-        self._stop.clear()
-        self._deregistered = False
-        self._heart_beat_thread = threading.Thread(target=self._heart_beat_loop, name="worker-heartbeat",
-                                                   daemon=True)
-        self._heart_beat_thread.start()
+        self.controller.start()
 
     def stop(self) -> None:
         """Stop the heartbeats, then deregister from the controller (once; also safe when never started)."""
-        self._stop.set()
-        self._beat_now.set()
-        thread = self._heart_beat_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
-        self._heart_beat_thread = None
-        self.deregister_from_controller()
-
-    def _with_token(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.worker_token is not None:
-            body["worker_token"] = self.worker_token
-        return body
-
-    def deregister_from_controller(self) -> bool:
-        """POST ``/deregister_worker`` (once per start), so the controller stops routing here now.
-
-        Returns:
-            True when the controller answered (whether or not it knew us); False when skipped or it failed (logged).
-        """
-        with self._deregister_lock:
-            if self.no_register or self._deregistered:
-                return False
-            self._deregistered = True
-            try:
-                response = httpx.post(self.controller_addr + "/deregister_worker", timeout=HTTP_TIMEOUT,
-                                      json=self._with_token({"worker_name": self.worker_addr}))
-                response.raise_for_status()
-            except httpx.HTTPError as err:
-                logger.error("cannot deregister from the controller at %s: %s", self.controller_addr, err)
-                return False
-            logger.info("deregistered from the controller at %s", self.controller_addr)
-            return True
+        self.controller.stop()
 
     def register_to_controller(self) -> bool:
-        """Register with the controller, sending our status (upstream's field; the controller asks us again).
-
-        Returns:
-            False when the controller answered that it could not reach this worker (``{"registered": false}``).
-        """
-        logger.info("registering with the controller at %s", self.controller_addr)
-        response = httpx.post(self.controller_addr + "/register_worker", timeout=HTTP_TIMEOUT, json=self._with_token({
-            "worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()}))
-        response.raise_for_status()
-        answer = response.json() if response.content else None
-        return not (isinstance(answer, dict) and answer.get("registered") is False)
+        """Upstream's name: register once (``ControllerLink.register``)."""
+        return self.controller.register()
 
     def send_heart_beat(self) -> bool:
-        """One heartbeat; registers again when the controller has forgotten us. False when it failed."""
-        logger.info("heartbeat: models %s, semaphore %s, requests %d", [self.model_name],
-                    pretty_print_semaphore(self.semaphore), self.request_count)
-        try:
-            response = httpx.post(self.controller_addr + "/receive_heart_beat", timeout=HTTP_TIMEOUT,
-                                  json=self._with_token({"worker_name": self.worker_addr,
-                                                         "queue_length": self.get_queue_length()}))
-            response.raise_for_status()
-            if not response.json()["exist"] and not self._stop.is_set():
-                self.register_to_controller()
-        except (httpx.HTTPError, ValueError, KeyError) as err:
-            logger.error("heartbeat to %s failed: %s", self.controller_addr, err)
-            return False
-        return True
+        """Upstream's name: one heartbeat (``ControllerLink.heart_beat``)."""
+        return self.controller.heart_beat()
 
-    def _register_until_listed(self) -> None:
-        """Register, retrying soon (0.1 s, doubling up to the heartbeat interval) until the controller lists us."""
-        delay, reported = 0.1, False
-        while not self._stop.is_set():
-            try:
-                if self.register_to_controller():
-                    return
-                why = "it could not reach this worker at " + self.worker_addr
-            except httpx.HTTPError as err:
-                why = str(err)
-            if not reported:  # once: the retries go on quietly
-                logger.error("cannot register with the controller at %s yet (%s); retrying", self.controller_addr,
-                             why)
-                reported = True
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.heart_beat_interval)
+    def deregister_from_controller(self) -> bool:
+        """POST ``/deregister_worker`` once per start (``ControllerLink.deregister``)."""
+        return self.controller.deregister()
 
-    def _heart_beat_loop(self) -> None:
-        """Register, then a beat every interval, and one at once when a request starts or ends (fresh queue
-        length)."""
-        self._register_until_listed()
-        while not self._stop.is_set():
-            self._beat_now.wait(self.heart_beat_interval)
-            self._beat_now.clear()
-            if self._stop.is_set():
-                break
-            self.send_heart_beat()
+    @property
+    def worker_addr(self) -> str:
+        """This worker's address as the controller reaches it."""
+        return self.controller.worker_addr
+
+    def _heart_beat_line(self) -> str:
+        return (f"models {[self.model_name]}, semaphore {pretty_print_semaphore(self.semaphore)}, "
+                f"requests {self.request_count}")
 
     def get_queue_length(self) -> int:
         return self.queue_length
@@ -335,13 +254,13 @@ class ModelWorker:
         cancel = threading.Event()
         try:
             async with self.semaphore:
-                self._beat_now.set()
+                self.controller.beat_soon()
                 async for obj in iterate_in_threadpool(self.generate_stream_gate(params, cancel)):
                     yield encode_stream_object(obj)
         finally:  # also when the client goes away: stop generating, free the slot
             cancel.set()
             self.queue_length -= 1
-            self._beat_now.set()
+            self.controller.beat_soon()
 
     def generate_stream_gate(self, params: dict[str, Any], cancel: threading.Event | None = None
                              ) -> Iterator[dict[str, Any]]:
@@ -493,49 +412,6 @@ class ModelWorker:
                 self._prefill_lock.release()
 
 
-class _WorkerServer(uvicorn.Server):
-    """uvicorn's server, deregistering the worker as soon as a SIGTERM / SIGINT arrives (in-flight requests may
-    still take a while to finish; the controller should stop sending new ones now)."""
-
-    def __init__(self, config: uvicorn.Config, worker: ModelWorker) -> None:
-        super().__init__(config)
-        self._worker = worker
-
-    def handle_exit(self, sig, frame) -> None:
-        if not self.should_exit:  # the first signal: off the signal handler, which must not block
-            threading.Thread(target=self._worker.stop, name="worker-deregister", daemon=True).start()
-        super().handle_exit(sig, frame)
-
-
-def create_app(worker: ModelWorker) -> FastAPI:
-    """A FastAPI app serving ``worker``; its lifespan registers with the controller and runs the heartbeat."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        worker.start()
-        try:
-            yield
-        finally:
-            worker.stop()
-
-    app = FastAPI(title="LLaVA model worker", lifespan=lifespan)
-    app.state.worker = worker
-
-    @app.post("/worker_generate_stream")
-    async def worker_generate_stream(request: Request) -> StreamingResponse:
-        params = await read_json_object(request, worker.max_request_bytes)
-        if isinstance(params, str):  # refused: one error object, as any failed generation
-            logger.info("bad request: %s", params)
-            return StreamingResponse(iter([encode_stream_object(error_object(params, ERROR_GENERATION))]))
-        return StreamingResponse(worker.generate_stream_async(params))
-
-    @app.post("/worker_get_status")
-    async def worker_get_status() -> dict[str, Any]:
-        return worker.get_status()
-
-    return app
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="A LLaVA model worker.")
     parser.add_argument("--host", type=str, default="127.0.0.1",
@@ -604,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config = uvicorn.Config(create_app(worker), host=args.host, port=args.port, log_level="info")
-    _WorkerServer(config, worker).run()
+    WorkerServer(config, worker).run()
     return 0
 
 
