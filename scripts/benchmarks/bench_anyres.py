@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -46,7 +45,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from bench_token_reduction import TOWER_SIZES, build_tower, calibrate, summary_ms, time_calls  # noqa: E402
+from bench_files import replace_section, save_figure, write_text_atomic  # noqa: E402
+from bench_timing import summary_ms, time_calls  # noqa: E402
+from bench_token_reduction import TOWER_SIZES, build_tower, calibrate  # noqa: E402
 from llava.constants import IMAGE_TOKEN_INDEX  # noqa: E402
 from llava.mm_utils import get_anyres_image_grid_shape, process_images  # noqa: E402
 from llava.model.anyres_layout import layout_anyres_image, unpad_bounds  # noqa: E402
@@ -279,17 +280,10 @@ def plot_tokens(counts: dict, path: Path) -> None:
     fig.suptitle("LLaVA-1.6 visual tokens per image: tiny 1.6 checkpoint (calibrated random CLIP), assets/demo.png "
                  "cropped to each aspect", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _size_name(label: str, size: tuple[int, int]) -> str:
@@ -423,23 +417,7 @@ def render_section(args, info: dict, counts: dict, timing: dict | None, image: s
 
 def write_section(path: Path, section: str) -> None:
     """Replace the anyres section of ``path`` (or append it), keeping everything else; atomically."""
-    old = path.read_text() if path.exists() else ""
-    pattern = re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?"
-    if re.search(pattern, old, flags=re.S):
-        text = re.sub(pattern, lambda _: section, old, count=1, flags=re.S)
-    else:
-        text = old.rstrip("\n") + "\n\n" + section if old.strip() else section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, replace_section(path.read_text() if path.exists() else "", "anyres", section))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Three measurements:
 
 1. ``prumerge`` (the vectorised op) against a per-token loop written here after the published code
    (github.com/42Shawn/LLaVA-PruMerge, ``token_prune_merge_advanced[_plus]``), at B = 1, 8, 32, N = 576,
-   C = 1024, on synthetic CLS attention (Gaussian logits, see ``synthetic_attention``). Target: >= 50x at B = 8.
+   C = 1024, on synthetic CLS attention (Gaussian logits, see ``synthetic_attention``). Target: >= 50x at B = 8
+   (a GPU figure). Then the op against its bound, the key product ``[B, P, C] x [B, C, N]`` alone at the same
+   shapes, at B = 1 and 8 for PruMerge, PruMerge+ and PruMerge+ at budget 144. Target: <= 2.5x at B = 8.
 2. The CLIP ViT-L/14-336 tower (random weights) through ``CLIPVisionTower``: upstream's full 24-layer forward with
    ``output_hidden_states``, our 23-layer "none", "prumerge" and "prumerge+". Target: reduction <= 3 % of "none".
 3. The distribution of kept counts over many images' synthetic attention, and the budget settings 64/128/192.
@@ -23,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,10 +41,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from llava.model.multimodal_encoder.prumerge import prumerge  # noqa: E402
+from llava.model.multimodal_encoder.prumerge import fixed_plus_plan, prumerge  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report module beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper and report modules beside this script
+from bench_cli import check_device, command_line, positive_ints  # noqa: E402
+from bench_timing import profile_top_ops, summary_ms, time_calls, time_interleaved  # noqa: E402
 from token_reduction_report import (  # noqa: E402
+    BOUND_BATCHES,
+    BOUND_MODES,
     BUDGETS,
     MODES,
     SCRIPT,
@@ -64,36 +69,6 @@ TOWER_SIZES = {
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], object], device, repeats: int, warmup: int = 1, warmup_s: float = 0.0) -> list:
-    """Seconds per call: ``warmup`` calls (and at least ``warmup_s`` seconds of them) untimed, then ``repeats``."""
-    start, done = time.perf_counter(), 0
-    while done < warmup or time.perf_counter() - start < warmup_s:
-        fn()
-        done += 1
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def summary_ms(times: Sequence[float]) -> dict:
-    ms = [t * 1e3 for t in times]
-    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "n": len(ms)}
-
-
 # 1. op vs loop
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -111,46 +86,19 @@ def _check_same(op_out, loop_out, dtype) -> float:
 
 
 def profile_op(features, keys, attn, plus: bool, device, top: int = 7) -> list:
-    """Top ops of one ``prumerge`` call by self time: [(name, ms per call, % of total)]."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    calls = 10
-    with profile(activities=activities) as prof:
-        for _ in range(calls):
-            prumerge(features, keys, attn, plus=plus)
-        _sync(device)
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
-    total = sum(getattr(e, attr) for e in events) or 1.0
-    events.sort(key=lambda e: getattr(e, attr), reverse=True)
-    return [(e.key, getattr(e, attr) / 1e3 / calls, 100.0 * getattr(e, attr) / total) for e in events[:top]]
+    """Top ops of one ``prumerge`` call by self time: [(name, ms per call, % of total)], over 10 calls."""
+    return profile_top_ops(lambda: prumerge(features, keys, attn, plus=plus), device, top=top, calls=10)
 
 
-def gemm_floor(batch: int, centres: int, n: int, dim: int, device, dtype, repeats: int) -> dict:
-    """The op's two dense GEMMs run bare: centre keys x keys^T ``[B,P,C]x[B,C,N]`` (fp32, as the op computes
-    cosines) and the merge weights x features ``[B,P,N]x[B,N,C]`` (features' dtype)."""
-    g = torch.Generator().manual_seed(1)
-    ck = torch.randn(batch, centres, dim, generator=g).to(device)
-    k_t = torch.randn(batch, dim, n, generator=g).to(device)
-    w = torch.randn(batch, centres, n, generator=g).to(device, dtype)
-    x = torch.randn(batch, n, dim, generator=g).to(device, dtype)
-
-    def both():
-        torch.bmm(ck, k_t)
-        torch.bmm(w, x)
-
-    return summary_ms(time_calls(both, device, repeats, warmup=3, warmup_s=0.2))
-
-
-def time_interleaved(fns: dict, device, rounds: int) -> dict:
-    """``fns``: name -> (callable, calls per round). Every round times each callable that many times, in turn, so a
-    burst of load from other jobs on the machine hits all of them alike. Returns name -> seconds per call."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, (fn, calls) in fns.items():
-            times[name] += time_calls(fn, device, calls, warmup=0)
-    return times
+def key_product_inputs(keys: torch.Tensor, kept: Sequence[torch.Tensor]) -> tuple:
+    """The operands of the one product every PruMerge implementation does, at the shapes of one ``prumerge`` call:
+    each centre's key against every patch key, ``[B, P, C] x [B, C, N]`` in float32 (as the op ranks neighbours),
+    P = the call's largest centre count (shorter rows padded with their first centre, as the op pads)."""
+    P = max(k.numel() for k in kept)
+    centres = torch.stack([torch.cat([k, k[:1].expand(P - k.numel())]) for k in kept])  # [B, P]
+    all_keys = keys.float()  # [B, N, C]
+    centre_keys = all_keys.gather(1, centres.unsqueeze(-1).expand(-1, -1, all_keys.shape[-1]))  # [B, P, C]
+    return centre_keys, all_keys.transpose(1, 2)  # [B, P, C], [B, C, N]
 
 
 def warm_up_process(args, device, dtype) -> None:
@@ -192,10 +140,12 @@ def bench_op(args, device, dtype) -> dict:
             })
             if batch == target_b and mode == "prumerge":
                 profile = profile_op(features, keys, attn, plus, device)
-                floor = gemm_floor(batch, max(centres), args.patches, args.dim, device, dtype, 3 * args.op_per_round)
+                centre_keys, keys_t = key_product_inputs(keys, op_out.kept)
+                floor = summary_ms(time_calls(lambda: torch.bmm(centre_keys, keys_t), device, 3 * args.op_per_round,
+                                              warmup=3, warmup_s=0.2))
                 anatomy = anatomy_at_small_width(features, keys, attn, device, args.loop_rounds)
             bar.update()
-    return {"rows": rows, "target_batch": target_b, "profile": profile, "gemm_floor": floor, "anatomy": anatomy,
+    return {"rows": rows, "target_batch": target_b, "profile": profile, "key_floor": floor, "anatomy": anatomy,
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
@@ -210,30 +160,65 @@ def anatomy_at_small_width(features, keys, attn, device, rounds: int, width: int
     return {"width": width, "op": summary_ms(times["op"]), "loop": summary_ms(times["loop"])}
 
 
+def bench_bound(args, device, dtype) -> dict:
+    """``prumerge()`` against its bound: the key product ``[B, P, C] x [B, C, N]`` alone, at the call's own shapes.
+
+    For B in ``BOUND_BATCHES`` and each of ``BOUND_MODES`` (PruMerge, adaptive PruMerge+, PruMerge+ at budget 144):
+    the op and the bare ``torch.bmm`` of its centre keys against all keys, timed in interleaved rounds. Ratio =
+    op median / product median (best: fastest op / fastest product)."""
+    rows = []
+    cases = [(b, m) for b in BOUND_BATCHES for m in BOUND_MODES]
+    with torch.inference_mode(), tqdm(total=len(cases), desc="1b/3 op vs its key product", file=sys.stderr) as bar:
+        for batch, mode in cases:
+            kwargs = BOUND_MODES[mode]
+            features, keys, attn = op_inputs(batch, args.patches, args.dim, args.attn_std, args.seed + batch, device,
+                                             dtype)
+            out = prumerge(features, keys, attn, **kwargs)
+            centre_keys, keys_t = key_product_inputs(keys, out.kept)
+            fns = {"op": (lambda: prumerge(features, keys, attn, **kwargs), args.op_per_round),
+                   "key": (lambda: torch.bmm(centre_keys, keys_t), args.op_per_round)}
+            for fn, _ in fns.values():
+                time_calls(fn, device, 0, warmup=3, warmup_s=0.2)
+            times = time_interleaved(fns, device, args.bound_rounds)
+            op_t, key_t = summary_ms(times["op"]), summary_ms(times["key"])
+            rows.append({"batch": batch, "mode": mode, "centres_max": centre_keys.shape[1],
+                         "centres_mean": statistics.mean(k.numel() for k in out.kept), "op": op_t, "key": key_t,
+                         "ratio": op_t["median"] / key_t["median"], "ratio_best": op_t["min"] / key_t["min"]})
+            bar.update()
+    return {"rows": rows, "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. the tower
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_tower(size: str, folder: Path, seed: int, device, dtype):
-    """Random CLIP vision model of ``size`` saved to ``folder`` (weights + CLIP's 336 px preprocessor), then
-    loaded through ``CLIPVisionTower`` as LLaVA-1.5 configures it (select layer -2, patch features)."""
+def save_random_clip(size: str, folder: Path, seed: int) -> Path:
+    """A random CLIP vision model of ``size`` (``TOWER_SIZES``: 336 px, patch 14, so 576 patches) and CLIP's 336 px
+    preprocessor written to ``folder``, a checkpoint folder that ``CLIPVisionTower`` / ``mm_vision_tower`` can name."""
     import json
 
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    from llava.tools.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD
 
     torch.manual_seed(seed)
     config = CLIPVisionConfig(**TOWER_SIZES[size], image_size=336, patch_size=14, hidden_act="quick_gelu")
     CLIPVisionModel(config).save_pretrained(folder)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-    ).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=CLIP_MEAN,
+                          image_std=CLIP_STD, do_convert_rgb=True).save_pretrained(folder)
     processor_json = folder / "preprocessor_config.json"
     processor_json.write_text(json.dumps({**json.loads(processor_json.read_text()),
                                           "image_processor_type": "CLIPImageProcessor"}))
+    return folder
+
+
+def build_tower(size: str, folder: Path, seed: int, device, dtype):
+    """``save_random_clip`` to ``folder``, then loaded through ``CLIPVisionTower`` as LLaVA-1.5 configures it
+    (select layer -2, patch features), on ``device`` in ``dtype``."""
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    save_random_clip(size, folder, seed)
     args = SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_token_reduction="none",
                            mm_token_budget=None)
     tower = CLIPVisionTower(str(folder), args)
@@ -381,7 +366,8 @@ def bench_kept(args, device, dtype) -> dict:
             time_calls(fn, device, 0, warmup=2, warmup_s=0.1)
         budget_times = time_interleaved(calls, device, args.loop_rounds)
         for k in BUDGETS:
-            row = {"budget": k}
+            n_top, raster = fixed_plus_plan(n, k)
+            row = {"budget": k, "plus_plan": (n_top, len(raster))}
             for mode, plus in MODES.items():
                 counts = _tokens_per_image(attn[:64], plus, budget=k)
                 assert set(counts) == {min(k, n) + 1}, f"budget {k} gave {sorted(set(counts))} tokens"
@@ -411,16 +397,6 @@ def bench_kept(args, device, dtype) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats; the tower at batch 1 only (~1.5 min on CPU)")
@@ -429,12 +405,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32], help="op benchmark batch sizes (1,8,32)")
+    p.add_argument("--batch-sizes", type=positive_ints, default=[1, 8, 32], help="op benchmark batch sizes (1,8,32)")
     p.add_argument("--patches", type=int, default=576, help="N for the op benchmark (576)")
     p.add_argument("--dim", type=int, default=1024, help="C (features and keys) for the op benchmark (1024)")
     p.add_argument("--tower", choices=sorted(TOWER_SIZES), default="vit-l-336",
                    help="tower size: vit-l-336 (real) or tiny (smoke tests)")
-    p.add_argument("--tower-batch-sizes", type=_ints, default=None, help="default 1,4 (--quick: 1)")
+    p.add_argument("--tower-batch-sizes", type=positive_ints, default=None, help="default 1,4 (--quick: 1)")
     p.add_argument("--tower-repeats", type=int, default=None,
                    help="timed forwards per variant at batch 1 (default 3, --quick 1); larger batches get one fewer")
     p.add_argument("--skip-tower", action="store_true", help="skip section 2")
@@ -443,31 +419,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    try:
-        args.device = torch.device(args.device)
-    except RuntimeError as err:
-        p.error(f"--device {args.device!r}: {err}")
-    if args.device.type not in ("cpu", "cuda"):
-        p.error(f"--device must be cpu or cuda, got {args.device}")
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch.cuda.is_available() is False on this machine (no GPU or a CPU-only torch)")
-    if args.device.type == "cpu" and args.dtype == "float16":
-        p.error("--dtype float16 on --device cpu is refused: CPU fp16 matmuls are emulated (many times slower than "
-                "fp32) and the figures would mislead; use --dtype float32 on CPU, or --device cuda --dtype float16")
+    check_device(p, args)
     if args.threads < 1:
         p.error("--threads must be >= 1")
-    args.dtype_t = getattr(torch, args.dtype)
     args.tower_batch_sizes = args.tower_batch_sizes or ([1] if args.quick else [1, 4])
     base_repeats = args.tower_repeats or (1 if args.quick else 3)
     args.tower_repeats_for = lambda b: base_repeats if b == 1 else max(1, base_repeats - 1)
     args.images = args.images or (500 if args.quick else 2000)
     args.op_per_round = 3
     args.loop_rounds = 3 if args.quick else 5
+    args.bound_rounds = 7 if args.quick else 15
     args.reduce_per_round = 5
     args.std_range = (0.55, 0.95)
     args.std_sweep = (0.5, 0.75, 1.0, 1.5, 2.0)
-    shown = list(argv) if argv is not None else sys.argv[1:]
-    args.command = " ".join(["python", SCRIPT] + [shlex.quote(a) for a in shown])
+    args.command = command_line(SCRIPT, argv)
     return args
 
 
@@ -483,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
 
     op = bench_op(args, device, dtype)
+    op["bound"] = bench_bound(args, device, dtype)
     tower = None if args.skip_tower else bench_tower(args, device, dtype)
     kept = bench_kept(args, device, dtype)
 

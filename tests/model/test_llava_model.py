@@ -90,6 +90,26 @@ def test_greedy_generate_matches_a_plain_forward_loop(tiny_loaded, three_images,
     assert out.tolist() == [expected]
 
 
+def test_generate_computes_the_logits_of_the_last_position_only(tiny_loaded, three_images):
+    """The prefill of ``generate`` reads the lm_head on one row per prompt (``logits_to_keep=1``), not on every
+    position: ``[B, T, V]`` float32 logits of a long anyres prompt would cost gigabytes for nothing. A plain
+    forward still returns every position's logits."""
+    tokenizer, model, _, _ = tiny_loaded
+    prompt = torch.tensor([tokenizer_image_token(PROMPTS[1], tokenizer)] * 2)
+    rows = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape))
+    try:
+        model.generate(prompt, images=three_images[:2], image_sizes=[(640, 480)] * 2, max_new_tokens=3,
+                       do_sample=False)
+        assert rows == [torch.Size([2, 1, model.config.hidden_size])] * 3  # prefill, then two decode steps
+        rows.clear()
+        with torch.no_grad():
+            logits = model(input_ids=prompt, images=three_images[:2]).logits
+    finally:
+        handle.remove()
+    assert logits.shape[:2] == (2, rows[0][1]) and rows[0][1] > prompt.shape[1]  # every position, image included
+
+
 def test_text_only_generate(tiny_loaded):
     tokenizer, model, _, _ = tiny_loaded
     prompt = tokenizer_image_token("USER: Tell me a story. ASSISTANT:", tokenizer)

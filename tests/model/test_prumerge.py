@@ -418,6 +418,39 @@ def test_gradient_flows_to_features():
     assert (features.grad.abs().sum(-1) > 0).all()  # every patch feeds a centre, a neighbour sum or the extra
 
 
+@pytest.mark.parametrize("plus", [False, True])
+def test_gradients_match_oracle_with_budget(plus):
+    # the fixed-count rules against autograd through the oracle's own gathers and sums (its selection is topk only)
+    features, keys, cls_attn = random_inputs(seed=31, B=2, N=576)
+    cls_attn[1, 4:575:16] = cls_attn[1].max() * 2 + torch.arange(36) * 1e-4  # PruMerge+: 36 repeated centres
+    g = torch.Generator().manual_seed(32)
+    ours_x, ours_a = features.clone().requires_grad_(True), cls_attn.clone().requires_grad_(True)
+    out = prumerge(ours_x, keys, ours_a, plus=plus, budget=144)
+    cotangents = [torch.randn(t.shape, generator=g) for t in out.tokens]
+    sum((t * c).sum() for t, c in zip(out.tokens, cotangents)).backward()
+    oracle_x, oracle_a = features.clone().requires_grad_(True), cls_attn.clone().requires_grad_(True)
+    loss = 0.0
+    for b in range(2):
+        idx, tokens = published_prumerge(oracle_x[b], keys[b], oracle_a[b], plus=plus, budget=144)
+        assert out.kept[b].tolist() == idx
+        loss = loss + (tokens * cotangents[b]).sum()
+    loss.backward()
+    torch.testing.assert_close(ours_x.grad, oracle_x.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours_a.grad, oracle_a.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_strided_inputs_as_the_tower_passes_them():
+    # the tower passes hidden[:, 1:] and keys[:, 1:], views that are not contiguous
+    features, keys, cls_attn = random_inputs(seed=33, B=3, N=577)
+    for plus, budget in ((False, None), (True, None), (True, 144)):
+        sliced = prumerge(features[:, 1:], keys[:, 1:], cls_attn[:, 1:], plus=plus, budget=budget)
+        dense = prumerge(features[:, 1:].contiguous(), keys[:, 1:].contiguous(), cls_attn[:, 1:].contiguous(),
+                         plus=plus, budget=budget)
+        assert [k.tolist() for k in sliced.kept] == [k.tolist() for k in dense.kept]
+        for got, want in zip(sliced.tokens, dense.tokens):
+            torch.testing.assert_close(got, want)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Bad input.
 # --------------------------------------------------------------------------------------------------------------

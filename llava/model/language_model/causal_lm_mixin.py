@@ -41,6 +41,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         images: torch.FloatTensor | list | None = None,
         image_sizes: list | None = None,
         return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
         """Causal-LM forward; when ``images`` are given, they are encoded and spliced at the -200 tokens first.
@@ -48,7 +49,11 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         Args:
             input_ids: ``[B, T]`` (may contain IMAGE_TOKEN_INDEX), or None with ``inputs_embeds [B, T, D]``.
             images: see ``prepare_inputs_labels_for_multimodal``.
-            **kwargs: passed on (``cache_position``, ``logits_to_keep``, ... from newer transformers).
+            logits_to_keep: compute the logits of the last this many positions only (0: all, ``[B, T, V]``).
+                Named in the signature so that ``generate`` passes 1: the prefill then computes ``[B, 1, V]``
+                logits, not ``[B, T, V]`` (a 2,928-token LLaVA-1.6 prompt at B = 8 would otherwise hold 3 GB of
+                float32 logits for one used row each).
+            **kwargs: passed on (``cache_position``, ... from newer transformers).
         """
         if inputs_embeds is None and images is not None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
@@ -70,6 +75,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 

@@ -126,23 +126,27 @@ def outlier_count(cls_attn: torch.Tensor) -> torch.Tensor:
         ``[B]`` int64 counts on ``cls_attn``'s device (no host sync).
     """
     with torch.no_grad():
-        a = cls_attn.detach().float()  # [B, N]
-        n = a.shape[-1]
-        ascending = torch.sort(a, dim=-1).values  # [B, N]
+        descending = torch.sort(cls_attn.detach().float(), dim=-1, descending=True).values  # [B, N]
+        return _outlier_count_sorted(descending)
 
-        def percentile(q: float) -> torch.Tensor:  # numpy "linear": index (n-1) q, lerp between neighbours
-            virtual = (n - 1) * q
-            lo = int(virtual)
-            hi = min(lo + 1, n - 1)
-            t = virtual - lo
-            below, above = ascending[:, lo], ascending[:, hi]  # [B]
-            diff = above - below
-            # numpy's _lerp: a + d t for t < 0.5, b - d (1 - t) otherwise (float32 arithmetic throughout)
-            return below + diff * t if t < 0.5 else above - diff * (1.0 - t)
 
-        q1, q3 = percentile(0.25), percentile(0.75)  # [B]
-        fence = q3 + (q3 - q1) * 1.5  # [B]
-        return (a > fence.unsqueeze(-1)).sum(dim=-1)  # [B]
+def _outlier_count_sorted(descending: torch.Tensor) -> torch.Tensor:
+    """``outlier_count`` from the float32 attention already sorted in descending order along each row ``[B, N]``."""
+    n = descending.shape[-1]
+
+    def percentile(q: float) -> torch.Tensor:  # numpy "linear": index (n-1) q, lerp between neighbours
+        virtual = (n - 1) * q
+        lo = int(virtual)
+        hi = min(lo + 1, n - 1)
+        t = virtual - lo
+        below, above = descending[:, n - 1 - lo], descending[:, n - 1 - hi]  # [B]: ascending[lo], ascending[hi]
+        diff = above - below
+        # numpy's _lerp: a + d t for t < 0.5, b - d (1 - t) otherwise (float32 arithmetic throughout)
+        return below + diff * t if t < 0.5 else above - diff * (1.0 - t)
+
+    q1, q3 = percentile(0.25), percentile(0.75)  # [B]
+    fence = q3 + (q3 - q1) * 1.5  # [B]
+    return (descending > fence.unsqueeze(-1)).sum(dim=-1)  # [B]
 
 
 def _published_keep_and_step(counts: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,29 +252,104 @@ def _fixed_plus_candidates(order: torch.Tensor, n_top: int, raster: list[int]) -
     return centres, ascending_rest.gather(1, take)
 
 
-def _merge_fixed_plus(features, keys, cls_attn, centres, complement, neighbors: int) -> list[torch.Tensor]:
-    """Merge as the published loop does for an explicit centre list (repeats allowed), ``[B, M + 1, C]`` split.
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]``: ``[B, N, C]``, ``[B, P]`` -> ``[B, P, C]``, one ``index_select`` of whole rows when ``x``
+    flattens to ``[B * N, C]`` without a copy (much faster on CPU than ``gather`` with an expanded index)."""
+    B, N, C = x.shape
+    if x.stride(2) == 1 and x.stride(0) == N * x.stride(1):
+        offset = (torch.arange(B, device=index.device) * N).unsqueeze(-1)  # [B, 1]
+        return x.reshape(B * N, C).index_select(0, (index + offset).flatten()).view(B, -1, C)
+    return x[torch.arange(B, device=index.device).unsqueeze(-1), index]  # e.g. a [:, 1:] slice of the tower's
 
-    Centre at list position i merges its ``neighbors`` nearest by key cosine among the *other list positions*
-    (a repeated copy of its own patch included) and the complement; the extra token sums the complement.
+
+def _neighbour_search(
+    keys: torch.Tensor, centres: torch.Tensor, n_neighbors: int, candidates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each centre's ``n_neighbors`` nearest patches by key cosine, as patch indices ``[B, P, n_neighbors]``.
+
+    The one dense product is ``centre_keys @ keys^T`` ``[B, P, Ck] x [B, Ck, N]`` in float32; each column is scaled by
+    ``1 / |k_j|`` only, which gives the cosine up to the factor ``1 / |k_i|``, the same along a row, so each row's
+    top-k is the cosine one without writing a normalised copy of the keys.
+
+    Args:
+        keys: ``[B, N, Ck]`` the patches' keys.
+        centres: ``[B, P]`` the centres' patch indices (rows may be padded with any patch index).
+        n_neighbors: k, at most the number of candidates less one.
+        candidates: None: every patch but the centre itself is a candidate (PruMerge, PruMerge+ adaptive). Else
+            ``[B, N]`` an explicit candidate list whose first P positions are ``centres`` (the fixed-count
+            PruMerge+ rule): centre i may pick any position but its own, so a repeated patch's other copy, and a
+            patch listed twice can be picked twice; patches absent from the list are never picked.
     """
-    B, M = centres.shape
-    with torch.no_grad():
-        candidates = torch.cat([centres, complement], dim=1)  # [B, N]: other positions + complement (+ self)
-        unit = torch.nn.functional.normalize(keys.detach().float(), p=2, dim=-1)  # [B, N, Ck]
-        centre_keys = unit.gather(1, centres.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # [B, M, Ck]
-        cand_keys = unit.gather(1, candidates.unsqueeze(-1).expand(-1, -1, unit.shape[-1]))  # [B, N, Ck]
-        similarity = torch.bmm(centre_keys, cand_keys.transpose(1, 2))  # [B, M, N]
-        own = torch.arange(M, device=centres.device)
-        similarity[:, own, own] = float("-inf")  # position i is not its own neighbour; its repeated copy is
-        picked = similarity.topk(min(neighbors, candidates.shape[1] - 1), dim=-1).indices  # [B, M, k]
-        neighbours = candidates.gather(1, picked.flatten(1)).view_as(picked)  # patch indices, maybe repeated
-    weights = cls_attn.to(features.dtype)  # [B, N]
-    merge_matrix = features.new_zeros(B, M + 1, features.shape[1])
-    merge_matrix[:, :M].scatter_add_(-1, neighbours, weights.gather(-1, neighbours.flatten(1)).view_as(neighbours))
-    merge_matrix[:, :M].scatter_add_(-1, centres.unsqueeze(-1), features.new_ones(B, M, 1))
-    merge_matrix[:, M].scatter_add_(-1, complement, weights.gather(-1, complement))
-    return list(torch.bmm(merge_matrix, features))  # B x [M + 1, C]
+    B, P = centres.shape
+    if n_neighbors == 0:
+        return centres.new_empty(B, P, 0)
+    all_keys = keys.detach().float()  # [B, N, Ck] (no copy in float32)
+    inverse_norm = torch.linalg.vector_norm(all_keys, dim=-1).clamp_min(1e-12).reciprocal()  # [B, N]
+    centre_keys = _gather_rows(all_keys, centres)  # [B, P, Ck]
+    similarity = torch.bmm(centre_keys, all_keys.transpose(1, 2)).mul_(inverse_norm.unsqueeze(1))  # [B, P, N]
+    if candidates is None:
+        similarity.scatter_(-1, centres.unsqueeze(-1), float("-inf"))  # a centre is not its own neighbour
+        return similarity.topk(n_neighbors, dim=-1, sorted=False).indices  # [B, P, k]
+    similarity = similarity.gather(-1, candidates.unsqueeze(1).expand(B, P, candidates.shape[1]))  # [B, P, N]
+    own = torch.arange(P, device=centres.device)
+    similarity[:, own, own] = float("-inf")  # list position i is not its own neighbour; a repeated copy is
+    picked = similarity.topk(n_neighbors, dim=-1, sorted=False).indices  # [B, P, k] list positions
+    return candidates.gather(1, picked.flatten(1)).view_as(picked)  # patch indices, maybe repeated
+
+
+def _merge(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    centres: torch.Tensor,
+    neighbours: torch.Tensor,
+    pruned: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merged centres and the extra token: the only differentiable step (w.r.t. ``features`` and ``weights``).
+
+    ``merged[b, i] = x[b, centres[b, i]] + sum_j weights[b, j] x[b, j]`` over ``j in neighbours[b, i]`` (a patch
+    listed twice counts twice), ``extra[b] = sum_{j: pruned[b, j]} weights[b, j] x[b, j]``. All of it is one
+    ``embedding_bag``, a fused gather and weighted sum: per image, P bags of ``1 + k`` rows (the centre with weight
+    1, its neighbours with their weights), then one bag of all N rows (weight 0 where not pruned), so each image's
+    features are read from memory once, while they are hot. ``P (k + 1) C + N C`` multiply-adds per image, no
+    ``[B, P, k, C]`` block and no ``[B, P, N]`` merge matrix in memory.
+
+    Args:
+        features: ``[B, N, C]``.
+        weights: ``[B, N]`` the CLS attention, in the features' dtype.
+        centres: ``[B, P]`` patch indices (rows may be padded: padded rows are merged like the others).
+        neighbours: ``[B, P, k]`` patch indices, k >= 0.
+        pruned: ``[B, N]`` bool, the patches summed into the extra token.
+
+    Returns:
+        ``(merged [B, P, C], extra [B, C])`` in the features' dtype.
+    """
+    B, N, C = features.shape
+    P, k = neighbours.shape[1], neighbours.shape[2]
+    device = features.device
+    image_start = (torch.arange(B, device=device) * N).unsqueeze(-1)  # [B, 1] first row of image b in [B * N, C]
+    bags = torch.cat([centres.unsqueeze(-1), neighbours], dim=-1).view(B, P * (1 + k))  # [B, P (1 + k)]
+    rows = torch.cat([torch.arange(N, device=device).expand(B, N), bags], dim=1) + image_start  # [B, L]
+    neighbour_weights = weights.gather(-1, neighbours.flatten(1)).view(B, P, k)  # [B, P, k]
+    row_weights = torch.cat([  # [B, L], L = N + P (1 + k)
+        weights.masked_fill(~pruned, 0.0),
+        torch.cat([weights.new_ones(B, P, 1), neighbour_weights], dim=-1).view(B, P * (1 + k)),
+    ], dim=1)
+    L = rows.shape[1]
+    bag_starts = torch.cat([torch.zeros(1, dtype=torch.long, device=device),
+                            N + torch.arange(P, device=device) * (1 + k)])  # [1 + P]: the extra bag, then P
+    offsets = (torch.arange(B, device=device) * L).unsqueeze(-1) + bag_starts  # [B, 1 + P]
+    table = features.reshape(B * N, C)  # a view when features is contiguous (a slice [:, 1:] is copied once)
+    out = torch.nn.functional.embedding_bag(
+        rows.flatten(), table, offsets.flatten(), per_sample_weights=row_weights.flatten(), mode="sum"
+    ).view(B, 1 + P, C)
+    return out[:, 1:], out[:, 0]
+
+
+def _invalid_attention(cls_attn: torch.Tensor) -> ValueError:
+    return ValueError(
+        f"cls_attn must hold finite, non-negative attention weights; "
+        f"cls_attn of shape {list(cls_attn.shape)} contains NaN, inf or negative values"
+    )
 
 
 def _check_inputs(features: torch.Tensor, keys: torch.Tensor, cls_attn: torch.Tensor, budget, neighbors) -> None:
@@ -346,69 +425,46 @@ def prumerge(
     with torch.no_grad():
         attn = cls_attn.detach()
         invalid = (~torch.isfinite(attn)).any() | (attn < 0).any()  # [] bool, read at the sync below
-        position = torch.arange(N, device=device)  # [N]
         # descending attention; ties broken by patch index (stable), so the order never depends on the batch
-        order = torch.sort(attn, dim=-1, descending=True, stable=True).indices  # [B, N]
-        rank = torch.empty_like(order).scatter_(-1, order, position.expand(B, N))  # [B, N] each patch's rank
+        descending, order = torch.sort(attn.float(), dim=-1, descending=True, stable=True)  # [B, N] each
 
         if plus and budget is not None:  # the published fixed-count rule: its own centre list, with repeats
             n_top, raster = fixed_plus_plan(N, budget)
-            centres, complement = _fixed_plus_candidates(order, n_top, raster)
-            if bool(invalid):  # the one host sync of this branch (the counts are known on the host)
-                raise ValueError(
-                    f"cls_attn must hold finite, non-negative attention weights; "
-                    f"cls_attn of shape {list(cls_attn.shape)} contains NaN, inf or negative values"
-                )
-    if plus and budget is not None:
-        tokens = _merge_fixed_plus(features, keys, cls_attn, centres, complement, neighbors)
-        return PruMergeOutput(tokens=tokens, kept=list(centres))
+            centres, complement = _fixed_plus_candidates(order, n_top, raster)  # [B, P], [B, N - P]
+            candidates = torch.cat([centres, complement], dim=1)  # [B, N]: the list positions, then the rest
+            pruned = torch.zeros(B, N, dtype=torch.bool, device=device).scatter_(1, complement, True)
+            P = centres.shape[1]
+            n_centres = [P] * B  # known on the host
+            if bool(invalid):  # the one host sync of this branch
+                raise _invalid_attention(cls_attn)
+        else:
+            position = torch.arange(N, device=device)  # [N]
+            rank = torch.empty_like(order).scatter_(-1, order, position.expand(B, N))  # [B, N] each patch's rank
+            if budget is None:
+                counts = _outlier_count_sorted(descending)  # [B]
+                keep, _ = _published_keep_and_step(counts, N)  # [B]
+                top = rank < keep.unsqueeze(-1)  # [B, N]
+            else:  # plain PruMerge at a budget: the top K (the published if_adaptive=False branch)
+                top = rank < min(budget, N)  # [B, N]
+            if plus:  # output order: top-k by attention rank, then raster samples by patch index, then the rest
+                samples = plus_sample_mask(counts, N) & ~top  # [B, N]
+                centre = top | samples  # [B, N]
+                sort_key = torch.where(top, rank, torch.where(samples, N + position, 2 * N + position))  # [B, N]
+                out_order = sort_key.argsort(dim=-1)  # [B, N]
+            else:  # the top-k by attention rank come first in ``order`` already
+                centre, out_order = top, order
+            synced = torch.cat([centre.sum(dim=-1), invalid.long().unsqueeze(0)]).tolist()  # the one host sync
+            if synced[-1]:
+                raise _invalid_attention(cls_attn)
+            n_centres = synced[:-1]
+            P = max(n_centres)
+            centres = out_order[:, :P]  # [B, P] centres first; shorter rows padded with non-centres, sliced off
+            candidates = None  # every other patch
+            pruned = ~centre
+        neighbours = _neighbour_search(keys, centres, min(neighbors, N - 1), candidates)  # [B, P, k]
 
-    with torch.no_grad():
-        if budget is None:
-            counts = outlier_count(attn)  # [B]
-            keep, _ = _published_keep_and_step(counts, N)  # [B]
-            top = rank < keep.unsqueeze(-1)  # [B, N]
-            samples = plus_sample_mask(counts, N) & ~top if plus else torch.zeros_like(top)  # [B, N]
-        else:  # plain PruMerge at a budget: the top K (the published if_adaptive=False branch)
-            top = rank < min(budget, N)  # [B, N]
-            samples = torch.zeros_like(top)
-        centre = top | samples  # [B, N]
-
-        # output order: top-k by attention rank, then raster samples by patch index, then the other patches
-        sort_key = torch.where(top, rank, torch.where(samples, N + position, 2 * N + position))  # [B, N]
-        out_order = sort_key.argsort(dim=-1)  # [B, N]
-        synced = torch.cat([centre.sum(dim=-1), invalid.long().unsqueeze(0)]).tolist()  # the one host sync
-
-    if synced[-1]:
-        raise ValueError(
-            f"cls_attn must hold finite, non-negative attention weights; "
-            f"cls_attn of shape {list(cls_attn.shape)} contains NaN, inf or negative values"
-        )
-    n_centres = synced[:-1]
-    P = max(n_centres)
-    n_neighbors = min(neighbors, N - 1)
-
-    with torch.no_grad():
-        centres = out_order[:, :P]  # [B, P] centres first; rows with fewer centres are padded, sliced off below
-        all_keys = keys.detach().float()  # [B, N, Ck]
-        inverse_norm = torch.linalg.vector_norm(all_keys, dim=-1).clamp_min(1e-12).reciprocal()  # [B, N]
-        centre_keys = all_keys.gather(1, centres.unsqueeze(-1).expand(-1, -1, all_keys.shape[-1]))  # [B, P, Ck]
-        # k_i . k_j / |k_j|: the cosine up to the factor 1 / |k_i|, which is the same along a row, so each row's
-        # top-k neighbours are the cosine ones without normalising every key
-        similarity = torch.bmm(centre_keys, all_keys.transpose(1, 2)).mul_(inverse_norm.unsqueeze(1))  # [B, P, N]
-        similarity.scatter_(-1, centres.unsqueeze(-1), float("-inf"))  # a centre is not its own neighbour
-        neighbours = similarity.topk(n_neighbors, dim=-1).indices  # [B, P, n_neighbors]
-
-    # Differentiable part (w.r.t. features and cls_attn): one merge matrix, one bmm. Row i < P holds the neighbour
-    # weights a_j and a 1 at the centre's own column (x_i' = x_i + sum a_j x_j); row P the pruned patches' weights.
-    weights = cls_attn.to(features.dtype)  # [B, N]
-    neighbour_weights = weights.gather(-1, neighbours.flatten(1)).view_as(neighbours)  # [B, P, n_neighbors]
-    merge_matrix = features.new_zeros(B, P + 1, N)
-    merge_matrix[:, :P].scatter_(-1, neighbours, neighbour_weights)
-    merge_matrix[:, :P].scatter_(-1, centres.unsqueeze(-1), 1.0)
-    merge_matrix[:, P] = weights.masked_fill(centre, 0.0)
-    merged = torch.bmm(merge_matrix, features)  # [B, P + 1, C]: the centres, then the extra token
-
-    tokens = [torch.cat([merged[b, :n], merged[b, P:]], dim=0) for b, n in enumerate(n_centres)]  # [n + 1, C]
+    # Differentiable part (w.r.t. features and cls_attn): one gather-merge for every mode
+    merged, extra = _merge(features, cls_attn.to(features.dtype), centres, neighbours, pruned)  # [B, P, C], [B, C]
+    tokens = [torch.cat([merged[b, :n], extra[b : b + 1]], dim=0) for b, n in enumerate(n_centres)]  # [n + 1, C]
     kept = [centres[b, :n] for b, n in enumerate(n_centres)]  # [n] each
     return PruMergeOutput(tokens=tokens, kept=kept)
