@@ -13,45 +13,23 @@ import torch
 
 from bench_timing import sync
 
-__all__ = ["CaptureLMInputs", "LayerClock", "PeakMemory", "SpanClock", "cache_nbytes", "fix_malloc_threshold"]
-
-
-class LayerClock:
-    """Wall time spent inside the decoder layers (a forward pre-hook and a hook on each), for the per-layer
-    extrapolation to the full depth. Synchronises a CUDA device at each layer boundary, so it is only installed
-    when fewer layers than the full depth are built."""
-
-    def __init__(self, layers: torch.nn.ModuleList, device: torch.device):
-        self.device, self.seconds, self._start = device, 0.0, 0.0
-        self._handles = [h for layer in layers for h in (layer.register_forward_pre_hook(self._enter),
-                                                         layer.register_forward_hook(self._exit))]
-
-    def _enter(self, *_) -> None:
-        sync(self.device)
-        self._start = time.perf_counter()
-
-    def _exit(self, *_) -> None:
-        sync(self.device)
-        self.seconds += time.perf_counter() - self._start
-
-    def take(self) -> float:
-        """The seconds spent in the layers since the last ``take()``; restarts the count."""
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+__all__ = ["CaptureLMInputs", "PeakMemory", "SpanClock", "layer_clock", "cache_nbytes", "fix_malloc_threshold"]
 
 
 class SpanClock:
-    """Wall time from the start of ``first``'s forward to the end of ``last``'s (hooks on both), summed over the
-    calls: e.g. the vision tower inside ``generate``, from its patch embedding to its last layer run. Synchronises a
-    CUDA device at both ends."""
+    """Wall time spent inside module spans, summed over the calls: each span runs from the start of its first
+    module's forward to the end of its last one's (a forward pre-hook and a hook). Synchronises a CUDA device at
+    both ends, so it is only installed where it is needed.
 
-    def __init__(self, first: torch.nn.Module, last: torch.nn.Module, device: torch.device):
+    Args:
+        spans: ``(first, last)`` module pairs; ``(layer, layer)`` is one module's own time.
+        device: the device to synchronise.
+    """
+
+    def __init__(self, spans: list[tuple[torch.nn.Module, torch.nn.Module]], device: torch.device):
         self.device, self.seconds, self._start = device, 0.0, 0.0
-        self._handles = [first.register_forward_pre_hook(self._enter), last.register_forward_hook(self._exit)]
+        self._handles = [h for first, last in spans for h in (first.register_forward_pre_hook(self._enter),
+                                                              last.register_forward_hook(self._exit))]
 
     def _enter(self, *_) -> None:
         sync(self.device)
@@ -69,6 +47,12 @@ class SpanClock:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def layer_clock(layers: torch.nn.ModuleList, device: torch.device) -> SpanClock:
+    """Wall time spent inside the decoder layers (each layer its own span), for the per-layer extrapolation to the
+    full depth."""
+    return SpanClock([(layer, layer) for layer in layers], device)
 
 
 class CaptureLMInputs:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench_timing import summary_ms, time_calls, timed
-from end_to_end_instruments import CaptureLMInputs, LayerClock, PeakMemory, SpanClock, cache_nbytes
+from end_to_end_instruments import CaptureLMInputs, PeakMemory, SpanClock, cache_nbytes, layer_clock
 from end_to_end_model import LM_SIZES, Group, build_llava, calibrate_tower, layers_to_build, make_inputs, setting_label
 from llava.model import cost_model
 from llava.model.token_reduction import TokenReduction, split_budget
@@ -58,18 +58,18 @@ def generate_first_token(model: LlavaLlamaForCausalLM, prompts: Prompts) -> torc
                           top_p=None, top_k=None, use_cache=True, pad_token_id=0)
 
 
-def _layers(clock: LayerClock | None) -> float:
+def _layers(clock: SpanClock | None) -> float:
     return clock.take() if clock else 0.0
 
 
 def _tower_clock(tower: CLIPVisionTower, device: torch.device) -> SpanClock:
     """The tower's time inside a call: from its patch embedding to the last encoder layer it runs."""
     clip = tower.vision_tower
-    return SpanClock(clip.embeddings, clip.encoder.layers[tower.num_layers_to_run - 1], device)
+    return SpanClock([(clip.embeddings, clip.encoder.layers[tower.num_layers_to_run - 1])], device)
 
 
 def _time_ttft(model: LlavaLlamaForCausalLM, prompts: Prompts, repeats: int, device: torch.device,
-               clock: LayerClock | None) -> dict:
+               clock: SpanClock | None) -> dict:
     """``repeats`` ``generate`` calls (peak memory on the last); the LM inputs of the first one; the tower's time
     inside each call."""
     capture = CaptureLMInputs(model.get_model())
@@ -93,7 +93,7 @@ def _time_ttft(model: LlavaLlamaForCausalLM, prompts: Prompts, repeats: int, dev
 
 
 def _time_prefill_and_decode(model: LlavaLlamaForCausalLM, lm_in: dict, repeats: int, steps: int,
-                             device: torch.device, clock: LayerClock | None) -> dict:
+                             device: torch.device, clock: SpanClock | None) -> dict:
     """The LM prefill alone on ``lm_in`` (``repeats`` calls, a fresh cache each), then ``steps`` greedy
     one-position forwards on the last prefill's cache."""
     from transformers import DynamicCache
@@ -163,7 +163,7 @@ def bench_group(model: LlavaLlamaForCausalLM, group: Group, args: argparse.Names
     built_layers = model.config.num_hidden_layers
     ids, mask, pixels, sizes = make_inputs(model, group.geometry, group.batch, args.text_tokens, args.seed)
     prompts = Prompts(ids, mask, pixels, sizes, pixels if pixels.dim() == 4 else pixels.flatten(0, 1))
-    clock = LayerClock(model.get_model().layers, device) if built_layers < full_layers else None
+    clock = layer_clock(model.get_model().layers, device) if built_layers < full_layers else None
     where = f"{group.geometry} {group.lm} B={group.batch}"
     rows = []
     try:
