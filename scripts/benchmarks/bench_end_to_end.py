@@ -4,17 +4,17 @@ prefill), decode speed at that context, KV-cache bytes, peak memory and ``model_
 LLaVA-1.5 (576 patches) and LLaVA-1.6 (672x672: 5 tiles, 2880 patches) on Vicuna-7B / 13B layer shapes; writes
 the "End to end" section of ``docs/benchmarks.md`` and the plots ``docs/img/end_to_end_*.png``.
 
-    python scripts/benchmarks/bench_end_to_end.py --quick     # CPU fp32, 1 LM layer, a subset of settings
+    python scripts/benchmarks/bench_end_to_end.py --quick     # CPU fp32, 1 LM layer, a subset (~9 min, 2 cores)
     python scripts/benchmarks/bench_end_to_end.py             # CPU fp32, 2 LM layers, every setting
     python scripts/benchmarks/bench_end_to_end.py --device cuda --dtype float16 --quick   # full depth (gpu_check.sh)
-    python scripts/benchmarks/bench_end_to_end.py --smoke --out /tmp/e2e                  # tiny shapes, a minute
+    python scripts/benchmarks/bench_end_to_end.py --smoke --out /tmp/e2e                  # tiny shapes, seconds
 
 The model is the package's own ``LlavaLlamaForCausalLM`` with Vicuna's layer shapes (random weights) and a random
 CLIP ViT-L/14-336 loaded through ``CLIPVisionTower.load_model``. On a CPU only a few decoder layers are built
 (``--lm-layers``): every decoder layer's time is measured with forward hooks and the figures are extrapolated per
 layer to 32 / 40 layers, marked as such; on CUDA the full depth is built when it fits in memory.
 
-The parts: ``end_to_end_model`` (plan, model, inputs), ``end_to_end_instruments`` (layer clock, LM-input capture,
+The parts: ``end_to_end_model`` (plan, model, inputs), ``end_to_end_instruments`` (hook clocks, LM-input capture,
 peak memory), ``end_to_end_measure`` (the timed calls), ``end_to_end_eval`` (``model_vqa_loader`` throughput),
 ``end_to_end_targets`` (targets, profiles of misses), ``end_to_end_paper`` (the published figures against
 ``llava/model/cost_model.py``), ``end_to_end_report`` / ``end_to_end_plots`` (the section and the PNGs). This file is
