@@ -15,8 +15,7 @@ from typing import Any
 from fastapi import Request
 
 from .._image_processing import image_size_from_base64
-from ..mm_utils import get_anyres_image_grid_shape
-from ..model.token_reduction import split_budget
+from ..model.visual_token_count import VisualTokenBound
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 8
@@ -59,35 +58,26 @@ def serving_context_len(context_len: int, config) -> int:
 
 def visual_token_upper_bound(image_sizes: Sequence[Sequence[int]], config, tower) -> int:
     """An upper bound of the visual tokens the language model reads for images of these ``(width, height)``,
-    known before any image is decoded.
+    known before any image is decoded: the sum of ``VisualTokenBound.from_model(config, tower).most``.
 
     The tiles are those ``process_images`` makes: one per image, or for an anyres model the base tile plus the
     tiles of the pinpoint canvas the image is fitted to. Per tile: the tower's N patches (576), plus PruMerge's
     extra token when a reduction runs (its centres are at most ``max(N, the tile's share of --token-budget)``).
     Per anyres image with ``spatial_unpad``: plus one ``image_newline`` per row of the stitched tile grid
-    (``nh * 24`` rows before the padding is cut; one newline after a lone base tile). Unreduced, a 672x672
-    LLaVA-1.6 image gives exactly 5 * 576 + 48 = 2928, more than its 2880 patches; a 500x300 one reads 1560
-    tokens against the bound 3 * 576 + 24 = 1752.
+    (``nh * 24`` rows before the padding is cut). Unreduced, a 672x672 LLaVA-1.6 image gives exactly
+    5 * 576 + 48 = 2928, more than its 2880 patches; a 500x300 one reads 1560 tokens against the bound
+    3 * 576 + 24 = 1752.
+
+    Raises:
+        ValueError: an image the anyres model cannot lay out (naming its size).
     """
-    mode = getattr(config, "image_aspect_ratio", None)
-    anyres = isinstance(mode, str) and mode.startswith("anyres")
-    unpad = anyres and "unpad" in (getattr(config, "mm_patch_merge_type", None) or "")
-    reduction = tower.token_reduction
+    bound = VisualTokenBound.from_model(config, tower)
     total = 0
     for size in image_sizes:
-        tiles, grid_rows = 1, 0
-        if anyres:
-            try:
-                across, down = get_anyres_image_grid_shape(tuple(size), config.image_grid_pinpoints,
-                                                           tower.config.image_size)
-            except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
-                raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}"
-                                 ) from err
-            tiles, grid_rows = 1 + int(across) * int(down), int(down)
-        for share in split_budget(reduction.budget, tiles):
-            total += max(tower.num_patches, share or 0) + 1 if reduction.enabled else tower.num_patches
-        if unpad:
-            total += grid_rows * tower.num_patches_per_side if tiles > 1 else 1
+        try:
+            total += bound.most(tuple(size))
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
+            raise ValueError(f"cannot lay out an image of {size[0]}x{size[1]} for this anyres model: {err}") from err
     return total
 
 

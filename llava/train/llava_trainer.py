@@ -40,7 +40,13 @@ from .sampler import (
     split_to_even_chunks,
 )
 from .restore import restore_full_weights, restore_non_lora_trainables, restore_projector
-from .saving import full_state_for_save, save_non_lora_trainables, save_projector, save_tokenizer_files
+from .saving import (
+    full_state_for_save,
+    save_non_lora_trainables,
+    save_projector,
+    save_tokenizer_files,
+    upstream_projector_copy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +232,7 @@ class LLaVATrainer(Trainer):
         should_save = self.args.should_save
         if self.tune_mm_mlp_adapter:
             save_projector(self.model, staging, use_im_start_end=self.use_im_start_end, is_main_process=should_save,
-                           copy_to=final.parent / "mm_projector" / f"{final.name}.bin")
+                           copy_to=upstream_projector_copy(final))
         elif _is_peft(self.model):
             save_non_lora_trainables(self.model, staging, is_main_process=should_save)
         if self.state.best_model_checkpoint == str(staging):

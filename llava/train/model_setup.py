@@ -8,7 +8,6 @@ tower weights go over the ``mm_vision_tower`` folder's) -> which parts train.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import transformers
 
 from .._image_processing import parse_grid_pinpoints
 from .._tokenization import load_tokenizer
-from ..model.builder import LLAVA_MODEL_TYPES, load_llava_config
+from ..model.builder import LLAVA_MODEL_TYPES, load_llava_config, read_config_json
 from ..model.checkpoint_io import (
     VISION_TOWER_PREFIX,
     checkpoint_weight_files,
@@ -28,8 +27,8 @@ from ..model.checkpoint_io import (
 )
 from ..model.language_model.llava_llama import LlavaLlamaForCausalLM
 from ..model.token_reduction import resolve_token_reduction
+from ..model.visual_token_count import VisualTokenBound
 from .args import DataArguments, ModelArguments, TrainingArguments
-from .data_check import VisualTokenBound
 from .param_gather import gathered_for_update, register_zero3_external_parameter
 
 logger = logging.getLogger(__name__)
@@ -221,25 +220,23 @@ def grid_pinpoints_for_run(data_args: DataArguments, checkpoint_pinpoints: Any,
         raise ValueError(f"--image_grid_pinpoints: {err}") from None
 
 
-def read_config_json(name_or_path: str, cache_dir: str | None = None) -> dict[str, Any]:
-    """The starting checkpoint's ``config.json`` as a dict ({} when it has none): read before the model loads."""
+def starting_config(name_or_path: str, cache_dir: str | None = None) -> dict[str, Any]:
+    """The starting checkpoint's ``config.json`` as a dict ({} when it has none), read before the model loads,
+    through ``builder.read_config_json`` (its errors name the file)."""
     folder = config_folder(name_or_path, cache_dir)
-    if folder is None:
-        return {}
-    with open(folder / "config.json", encoding="utf-8") as f:
-        return json.load(f)
+    return {} if folder is None else read_config_json(folder)
 
 
 def visual_token_bound(model_args: ModelArguments, data_args: DataArguments,
                        training_args: TrainingArguments) -> VisualTokenBound | None:
-    """How many visual tokens per image the data check counts (``data_check.VisualTokenBound``), from the vision
+    """How many visual tokens per image the data check counts (``llava.model.visual_token_count.VisualTokenBound``), from the vision
     tower's config and the run's image settings, without loading a model; None for text-only runs."""
     if model_args.vision_tower is None:
         return None
     from transformers import CLIPVisionConfig
 
     tower = CLIPVisionConfig.from_pretrained(model_args.vision_tower, cache_dir=training_args.cache_dir)
-    start = read_config_json(model_args.model_name_or_path, training_args.cache_dir)
+    start = starting_config(model_args.model_name_or_path, training_args.cache_dir)
     reduction = resolve_token_reduction(
         flag_mode=model_args.token_reduction, flag_budget=model_args.token_budget,
         config_mode=start.get("mm_token_reduction"), config_budget=start.get("mm_token_budget"),
@@ -256,7 +253,7 @@ def visual_token_bound(model_args: ModelArguments, data_args: DataArguments,
         budget=reduction.budget,
         cls_kept=model_args.mm_vision_select_feature == "cls_patch",
         grid_pinpoints=pinpoints,
-        unpad="unpad" in (model_args.mm_patch_merge_type or ""),
+        unpad=anyres and "unpad" in (model_args.mm_patch_merge_type or ""),
     )
 
 

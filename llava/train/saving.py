@@ -113,13 +113,22 @@ def projector_keys(use_im_start_end: bool = False) -> list[str]:
     return keys
 
 
+def upstream_projector_copy(checkpoint: str | os.PathLike) -> Path | None:
+    """Where upstream wrote the projector of a ``<run>/checkpoint-N`` folder: ``<run>/mm_projector/checkpoint-N.bin``
+    (``save_projector(copy_to=...)``); None for a folder not named ``checkpoint-N``."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.name.startswith("checkpoint-"):
+        return None
+    return checkpoint.parent / "mm_projector" / f"{checkpoint.name}.bin"
+
+
 def save_projector(model: Any, output_dir: str | os.PathLike, *, use_im_start_end: bool = False,
                    is_main_process: bool = True, copy_to: str | os.PathLike | None = None) -> None:
     """Write ``mm_projector.bin`` (and ``config.json``) for a ``--tune_mm_mlp_adapter`` run.
 
     Args:
         copy_to: a second file to write the same weights to: for ``checkpoint-N``, the trainer passes
-            ``<run>/mm_projector/checkpoint-N.bin`` (upstream's layout).
+            ``upstream_projector_copy`` of it (upstream's layout).
     """
     state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), projector_keys(use_im_start_end))
     if not is_main_process:

@@ -47,6 +47,7 @@ from llava.train.model_setup import (
     visual_token_bound,
 )
 from llava.train.preprocess import conversation_for_version
+from llava.train import upstream_api
 from llava.train.upstream_api import (
     _mask_targets,
     _tokenize_fn,
@@ -76,18 +77,9 @@ __all__ = [  # upstream's train.py names, for scripts that import them from here
     "main",
     "make_supervised_data_module",
     "maybe_zero_3",
-    "preprocess",
-    "preprocess_llama_2",
-    "preprocess_mpt",
-    "preprocess_multimodal",
-    "preprocess_plain",
-    "preprocess_v1",
-    "rank0_print",
-    "safe_save_model_for_hf_trainer",
     "smart_tokenizer_and_embedding_resize",
     "train",
-    "_mask_targets",
-    "_tokenize_fn",
+    *upstream_api.__all__,  # preprocess, preprocess_v1, ..., rank0_print, safe_save_model_for_hf_trainer
 ]
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from ..constants import IGNORE_INDEX
 from ..conversation import Conversation, SeparatorStyle
 from ..mm_utils import tokenizer_image_token
 from .preprocess import TokenizedConversation, check_turns, move_image_to_front, text_ids, tokenize_chat, tokenize_plain
-from .saving import save_projector
+from .saving import save_projector, upstream_projector_copy
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +106,8 @@ def safe_save_model_for_hf_trainer(trainer: Any, output_dir: str) -> None:
       ``mm_vision_tower`` folder tower (see ``saving``).
     """
     if _trainer_flag(trainer, "tune_mm_mlp_adapter"):
-        folder = Path(output_dir)
-        copy_to = None
-        if folder.name.startswith("checkpoint-"):  # also upstream's (only) copy: <run>/mm_projector/checkpoint-N.bin
-            copy_to = folder.parent / "mm_projector" / f"{folder.name}.bin"
-        save_projector(trainer.model, folder, use_im_start_end=_trainer_flag(trainer, "use_im_start_end"),
-                       is_main_process=trainer.args.should_save, copy_to=copy_to)
+        save_projector(trainer.model, output_dir, use_im_start_end=_trainer_flag(trainer, "use_im_start_end"),
+                       is_main_process=trainer.args.should_save, copy_to=upstream_projector_copy(output_dir))
         return
     trainer.save_model(output_dir)
 

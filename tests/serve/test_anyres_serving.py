@@ -26,6 +26,7 @@ from anyres_images import SIZES, direct_greedy, make_image, to_b64
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
 from llava.mm_utils import process_images
+from llava.model.visual_token_count import VisualTokenBound
 from llava.serve import _gradio_chat as chat
 from llava.serve import cli
 from llava.serve._background import BackgroundServer
@@ -134,6 +135,8 @@ def test_visual_token_bound_is_a_true_upper_bound(cluster16, tiny16_loaded):
                 process_images([image], image_processor, model.config), [image.size])
         assert model.last_visual_token_counts == [read]
         assert bound >= read
+        # the training data check's count is exact without a reduction (the unpadded grid and its newlines)
+        assert VisualTokenBound.from_model(model.config, model.get_vision_tower()).fewest(SIZES[name]) == read
         if name == "square":  # no letterbox padding: every stitched row is read, so the bound is exact
             assert bound == 2928 > 2880
     # with a reduction the bound still holds (each tile may add PruMerge's extra token)

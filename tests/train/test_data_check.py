@@ -185,8 +185,9 @@ def test_visual_token_bound_by_hand():
     assert reduced.fewest((1200, 300)) == 80 + 1  # the base tile's share and its extra token
     flat = VisualTokenBound(24, 336, grid_pinpoints=V16_PINPOINTS)
     assert flat.fewest((900, 900)) == flat.most((900, 900)) == 5 * 576
-    lone = VisualTokenBound(24, 336, unpad=True)  # "pad" images with a spatial_unpad model: one newline
-    assert lone.fewest((64, 64)) == lone.most((64, 64)) == 577
+    # "pad" images with a spatial_unpad model: a one-tile batch is laid out flat (llava_arch), no newline
+    lone = VisualTokenBound(24, 336, unpad=True)
+    assert lone.fewest((64, 64)) == lone.most((64, 64)) == 576
 
 
 def write_data(tmp_path, samples) -> Path:

@@ -129,9 +129,7 @@ def leave_leftovers(out: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module", params=list(KINDS))
 def resumed(request, tiny_root, tmp_path_factory):
     """(kind, uninterrupted output, resumed output, steps the resumed run took, its checkpoint log)."""
-    kind = request.param
-    if kind == "qlora":
-        pytest.importorskip("bitsandbytes")
+    kind = request.param  # qlora needs bitsandbytes, a dependency of the train extra: no skip
     root = tmp_path_factory.mktemp(f"resume-{kind}")
     whole, stopped = root / "uninterrupted", root / "stopped"
     train_run(run_argv(tiny_root, kind, whole))
@@ -179,8 +177,7 @@ def test_resume_skips_incomplete_folders_and_says_what_it_used(resumed):
 @pytest.fixture(scope="module")
 def lora_runs(resumed):
     kind, whole, stopped, _, _ = resumed
-    if kind != "lora":
-        pytest.skip("LoRA runs only")
+    assert kind == "lora", "use with @pytest.mark.parametrize('resumed', ['lora'], indirect=True)"
     return whole, stopped
 
 
